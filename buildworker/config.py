@@ -1,0 +1,369 @@
+"""One INI file, a frozen dataclass per section, typed values parsed by declared kinds.
+
+Where the file comes from: ``--config``, then ``$BUILDWORKER_CONFIG``, then
+``/etc/buildworker/worker.conf``. A missing default file is fine (every key has a default);
+a file named explicitly must exist. A bad value fails at start-up naming section, key and what
+was expected, e.g. ``worker.timeout: expected a duration such as 45m, got '45x'``.
+
+To add a key: add a field with a default and ``opt(kind, doc)`` metadata to its section's
+dataclass, and document it in ``worker.conf.example``. INI keys use dashes where the field
+uses underscores (``worker_token`` ↔ ``worker-token``).
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_PATH = Path("/etc/buildworker/worker.conf")
+ENV_VAR = "BUILDWORKER_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names ``section.key`` and the cause."""
+
+
+# --- value kinds -------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB|K|M|G|T)?", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off"}
+
+
+def parse_duration(text: str) -> float:
+    """``45m``, ``1h30m``, ``250ms``, ``90`` (seconds) → seconds as a float."""
+    value = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(value) or not value:
+        raise ValueError("expected a duration such as 45m")
+    return total
+
+
+def parse_size(text: str) -> int:
+    """``16KiB``, ``2GiB``, ``512`` (bytes) → bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError("expected a size such as 16KiB or 2GiB")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected yes or no")
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """Comma- or newline-separated; blanks dropped."""
+    return tuple(item.strip() for item in re.split(r"[,\n]", text) if item.strip())
+
+
+def parse_hostport(text: str) -> str:
+    value = text.strip()
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT such as 127.0.0.1:8080")
+    return value
+
+
+def parse_url(text: str) -> str:
+    value = text.strip()
+    if not re.match(r"^[a-z][a-z0-9+.-]*://", value):
+        raise ValueError("expected a URL such as http://127.0.0.1:8080")
+    return value.rstrip("/") if value.startswith(("http://", "https://")) else value
+
+
+_KINDS: dict[str, Any] = {
+    "str": lambda text: text.strip(),
+    "path": lambda text: Path(text.strip()).expanduser(),
+    "int": parse_int,
+    "bool": parse_bool,
+    "duration": parse_duration,
+    "size": parse_size,
+    "list": parse_list,
+    "hostport": parse_hostport,
+    "url": parse_url,
+}
+
+
+def opt(kind: str, doc: str) -> dict[str, str]:
+    """Field metadata: how to parse the INI text, and a one-line description."""
+    if kind not in _KINDS:
+        raise AssertionError(f"unknown config kind {kind!r}")
+    return {"kind": kind, "doc": doc}
+
+
+# --- sections ----------------------------------------------------------------------------
+
+_STATE = Path("/var/lib/buildworker")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    origin: str = field(
+        default="http://127.0.0.1:8080",
+        metadata=opt("url", "public URL of the API, used in job, log and artifact URLs"),
+    )
+    bind: str = field(
+        default="127.0.0.1:8080", metadata=opt("hostport", "address the API listens on")
+    )
+    worker_token: str = field(
+        default="",
+        metadata=opt("str", "shared secret workers present to the internal API; empty disables it"),
+    )
+    secret_key: str = field(
+        default="",
+        metadata=opt("str", "Fernet key (base64, 32 bytes) that encrypts secrets at rest"),
+    )
+    max_manifest_size: int = field(
+        default=16384, metadata=opt("size", "largest manifest accepted at submit")
+    )
+    max_artifacts: int = field(
+        default=8, metadata=opt("int", "most artifacts one manifest may list")
+    )
+    max_artifact_size: int = field(
+        default=1024**3, metadata=opt("size", "largest single artifact accepted from a worker")
+    )
+    lease: float = field(
+        default=60.0,
+        metadata=opt("duration", "how long a claim or heartbeat keeps a job leased to a worker"),
+    )
+    max_attempts: int = field(
+        default=3, metadata=opt("int", "attempts before a job whose worker vanished is failed")
+    )
+    images: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("list", "images accepted at submit besides those workers register"),
+    )
+    results_per_page: int = field(default=50, metadata=opt("int", "page size of list endpoints"))
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = field(
+        default=f"sqlite:///{_STATE}/buildworker.db",
+        metadata=opt("str", "SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://..."),
+    )
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path = field(
+        default=_STATE / "store", metadata=opt("path", "directory holding logs and artifacts")
+    )
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    url: str = field(
+        default="amqp://guest:guest@127.0.0.1:5672/%2F",
+        metadata=opt("url", "RabbitMQ URL (AMQP 0-9-1)"),
+    )
+    heartbeat: float = field(
+        default=30.0, metadata=opt("duration", "AMQP heartbeat interval negotiated with the broker")
+    )
+    reconnect_max: float = field(
+        default=30.0, metadata=opt("duration", "longest wait between reconnect attempts")
+    )
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str = field(
+        default_factory=socket.gethostname,
+        metadata=opt("str", "this build host's name, recorded as the job's runner"),
+    )
+    api_url: str = field(
+        default="http://127.0.0.1:8080", metadata=opt("url", "where the internal API is reached")
+    )
+    token: str = field(default="", metadata=opt("str", "the API's [api] worker-token"))
+    images: Path = field(
+        default=_STATE / "images", metadata=opt("path", "directory of base images")
+    )
+    slots: int = field(default=1, metadata=opt("int", "builds run at once on this host"))
+    timeout: float = field(
+        default=45 * 60.0, metadata=opt("duration", "a job's budget from boot to artifacts")
+    )
+    drain_timeout: float = field(
+        default=600.0,
+        metadata=opt("duration", "on SIGTERM, how long running builds may finish before cancel"),
+    )
+    metrics_bind: str = field(
+        default="127.0.0.1:9101", metadata=opt("hostport", "where /metrics is served")
+    )
+    log_flush: float = field(
+        default=0.25, metadata=opt("duration", "longest time output waits before it is sent")
+    )
+    max_log_size: int = field(
+        default=64 * 1024**2, metadata=opt("size", "per-job log cap; output past it is dropped")
+    )
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    libvirt_uri: str = field(
+        default="qemu:///system", metadata=opt("str", "libvirt connection URI")
+    )
+    accel: str = field(
+        default="auto", metadata=opt("str", "auto, kvm or tcg (auto: kvm only with vmx/svm)")
+    )
+    vcpus: int = field(default=2, metadata=opt("int", "virtual CPUs per guest"))
+    memory: int = field(default=2 * 1024**3, metadata=opt("size", "memory per guest"))
+    ssh_key: Path = field(
+        default=_STATE / "id_ed25519",
+        metadata=opt("path", "private key the worker logs into guests with"),
+    )
+    work_dir: Path = field(
+        default=_STATE / "vms", metadata=opt("path", "per-job overlay directories")
+    )
+    settle_timeout: float = field(
+        default=120.0, metadata=opt("duration", "how long a guest may take to answer SSH")
+    )
+    forwards: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("list", "explicit guest→host forwards, GUESTIP:PORT=127.0.0.1:PORT"),
+    )
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    url: str = field(
+        default="http://127.0.0.1:8080", metadata=opt("url", "API used by `buildworker submit`")
+    )
+    token: str = field(default="", metadata=opt("str", "user token for `buildworker submit`"))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = field(default="console", metadata=opt("str", "console or json"))
+    level: str = field(default="info", metadata=opt("str", "debug, info, warning or error"))
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiConfig = field(default_factory=ApiConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    vm: VmConfig = field(default_factory=VmConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None
+
+
+_SECTIONS: dict[str, type] = {
+    f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
+    for f in dataclasses.fields(Config)
+    if f.name != "source"
+}
+
+S = TypeVar("S")
+
+
+def _parse_section(name: str, cls: type[S], items: dict[str, str]) -> S:
+    known = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, text in items.items():
+        spec = known.get(key)
+        if spec is None:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        try:
+            values[spec.name] = _KINDS[spec.metadata["kind"]](text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}.{key}: {exc}, got {text.strip()!r}") from None
+    return cls(**values)
+
+
+def parse_config(text: str, source: Path | None = None) -> Config:
+    """Parse INI text; unknown sections and keys are errors (a typo should not pass silently)."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
+    try:
+        parser.read_string(text, source=str(source or "<config>"))
+    except configparser.Error as exc:
+        raise ConfigError(f"{source or 'config'}: {exc.message}") from None
+    sections: dict[str, Any] = {}
+    for section in parser.sections():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(sorted(_SECTIONS))})")
+        sections[section] = _parse_section(section, _SECTIONS[section], dict(parser[section]))
+    return Config(source=source, **sections)
+
+
+def resolve_path(explicit: str | os.PathLike[str] | None) -> tuple[Path | None, bool]:
+    """Which file to read, and whether it must exist (it must when named explicitly)."""
+    if explicit:
+        return Path(explicit), True
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env), True
+    return DEFAULT_PATH, False
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path, required = resolve_path(explicit)
+    if path is None or not path.exists():
+        if required:
+            raise ConfigError(f"{path}: no such config file")
+        return Config()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    return parse_config(text, source=path)
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(section, key, default, doc) for every key: what worker.conf.example must document."""
+    rows = []
+    for section, cls in _SECTIONS.items():
+        instance = cls()
+        for f in dataclasses.fields(cls):
+            default = getattr(instance, f.name)
+            if f.name == "name" and section == "worker":
+                default = "<hostname>"
+            elif isinstance(default, tuple):
+                default = ", ".join(default)
+            rows.append((section, f.name.replace("_", "-"), str(default), f.metadata["doc"]))
+    return rows
