@@ -18,18 +18,37 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def _command_modules() -> list[ModuleType]:
+def _command_modules(only: str | None = None) -> list[ModuleType]:
+    """Import the subcommand modules; just ``only`` when the command line names one.
+
+    Some commands import FastAPI, SQLAlchemy or libvirt at the top; importing all of them
+    would make every `buildworker lint` pay for the API tier's start-up.
+    """
+    names = [i.name for i in pkgutil.iter_modules(commands.__path__) if not i.name.startswith("_")]
+    if only in names:
+        names = [only]
     found = []
-    for info in pkgutil.iter_modules(commands.__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for name in names:
+        module = importlib.import_module(f"{commands.__name__}.{name}")
         if hasattr(module, "NAME") and hasattr(module, "run"):
             found.append(module)
     return sorted(found, key=lambda m: str(m.NAME))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The first word that is not an option (or the value of --config/-c): the subcommand."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in ("--config", "-c"):
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="buildworker",
         description="A builds.sr.ht-compatible build farm.",
@@ -42,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="INI config file (default: $BUILDWORKER_CONFIG, then /etc/buildworker/worker.conf)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _command_modules():
+    for module in _command_modules(only):
         sp = sub.add_parser(module.NAME, help=getattr(module, "HELP", None))
         # --config is accepted after the subcommand too: `buildworker api --config x.conf`.
         sp.add_argument("--config", "-c", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -53,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_named_command(words))
+    args = parser.parse_args(words)
     module = getattr(args, "_module", None)
     if module is None:
         parser.print_help(sys.stderr)

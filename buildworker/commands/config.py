@@ -1,0 +1,40 @@
+"""`buildworker config`: validate the config file and print the effective values."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from buildworker.config import Config, load_config
+
+NAME = "config"
+HELP = "check the config file and print every effective value (exit 2 if it is invalid)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="only check; print nothing when valid"
+    )
+
+
+def render(config: Config) -> str:
+    lines = [f"# effective configuration (from {config.source or 'built-in defaults'})"]
+    for section in dataclasses.fields(config):
+        if section.name == "source":
+            continue
+        lines.append(f"\n[{section.name}]")
+        values = getattr(config, section.name)
+        for item in dataclasses.fields(values):
+            value = getattr(values, item.name)
+            if isinstance(value, tuple):
+                value = ", ".join(value)
+            secret = item.name in {"worker_token", "secret_key", "token"} and value
+            lines.append(f"{item.name.replace('_', '-')} = {'<set>' if secret else value}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if not args.quiet:
+        print(render(config))
+    return 0
