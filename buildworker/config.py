@@ -177,6 +177,13 @@ class ApiConfig:
         metadata=opt("list", "images accepted at submit besides those workers register"),
     )
     results_per_page: int = field(default=50, metadata=opt("int", "page size of list endpoints"))
+    job_timeout: float = field(
+        default=45 * 60.0,
+        metadata=opt("duration", "budget of a job from boot to artifacts, sent at claim"),
+    )
+    reap_interval: float = field(
+        default=10.0, metadata=opt("duration", "how often lapsed leases are looked for")
+    )
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,9 @@ class BrokerConfig:
     )
     reconnect_max: float = field(
         default=30.0, metadata=opt("duration", "longest wait between reconnect attempts")
+    )
+    outbox_poll: float = field(
+        default=0.25, metadata=opt("duration", "how often the API looks for jobs to publish")
     )
 
 
@@ -264,6 +274,14 @@ class VmConfig:
         default=(),
         metadata=opt("list", "explicit guest→host forwards, GUESTIP:PORT=127.0.0.1:PORT"),
     )
+    qemu_user: str = field(
+        default="libvirt-qemu",
+        metadata=opt("str", "user libvirt runs qemu as; the isolation rule matches its uid"),
+    )
+    snapshot_boot: bool = field(
+        default=False,
+        metadata=opt("bool", "start guests from a saved post-boot memory snapshot (faster)"),
+    )
 
 
 @dataclass(frozen=True)
@@ -281,6 +299,65 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MailConfig:
+    smtp_host: str = field(
+        default="", metadata=opt("str", "SMTP server for email triggers; empty disables email")
+    )
+    smtp_port: int = field(default=25, metadata=opt("int", "SMTP port (25 or 587)"))
+    smtp_user: str = field(
+        default="", metadata=opt("str", "SMTP login; empty sends without authenticating")
+    )
+    smtp_password: str = field(default="", metadata=opt("str", "SMTP password"))
+    smtp_starttls: str = field(
+        default="auto",
+        metadata=opt("str", "auto (STARTTLS when offered), required, or off; certs are verified"),
+    )
+    smtp_ca_file: str = field(
+        default="", metadata=opt("str", "CA bundle to verify the SMTP server; empty: system CAs")
+    )
+    smtp_timeout: float = field(
+        default=30.0, metadata=opt("duration", "socket timeout of one SMTP conversation")
+    )
+    from_address: str = field(
+        default="", metadata=opt("str", "From: of trigger emails, e.g. builds <ci@example.org>")
+    )
+
+
+@dataclass(frozen=True)
+class TriggersConfig:
+    webhook_key: str = field(
+        default="",
+        metadata=opt("str", "base64 Ed25519 seed (32 bytes) signing webhook payloads"),
+    )
+    webhook_key_file: str = field(
+        default="", metadata=opt("str", "file holding that base64 seed (instead of webhook-key)")
+    )
+    webhook_timeout: float = field(
+        default=10.0, metadata=opt("duration", "timeout of one webhook POST")
+    )
+    webhook_allow_private: bool = field(
+        default=False,
+        metadata=opt("bool", "allow webhooks to loopback, private and link-local addresses"),
+    )
+    max_attempts: int = field(
+        default=8, metadata=opt("int", "deliveries tried this often before they are failed")
+    )
+    retry_backoff: float = field(
+        default=30.0, metadata=opt("duration", "wait before the first retry; doubles each time")
+    )
+    retry_backoff_max: float = field(
+        default=3600.0, metadata=opt("duration", "longest wait between two attempts")
+    )
+    poll: float = field(
+        default=2.0, metadata=opt("duration", "how often the sender looks for due deliveries")
+    )
+    keep: float = field(
+        default=30 * 86400.0,
+        metadata=opt("duration", "how long sent and failed deliveries stay in the database"),
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -290,6 +367,8 @@ class Config:
     vm: VmConfig = field(default_factory=VmConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    triggers: TriggersConfig = field(default_factory=TriggersConfig)
     source: Path | None = None
 
 

@@ -1,0 +1,64 @@
+"""The API tier's FastAPI application: public REST API, internal worker API, files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from buildworker import __version__
+from buildworker.api import background, files, groups, internal, public, secrets
+from buildworker.api.crypto import SecretBox
+from buildworker.api.errors import install_handlers
+from buildworker.config import Config
+from buildworker.db.engine import make_engine, make_sessionmaker
+from buildworker.db.migrate import upgrade
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger()
+
+
+def create_app(config: Config, *, migrate: bool = True) -> FastAPI:
+    """Build the app for `config`; runs the migrations to head first unless `migrate=False`.
+
+    Background threads (outbox publisher, lease reaper) start with the ASGI lifespan, so a
+    TestClient used as a context manager runs them and a bare one does not.
+    """
+    engine = make_engine(config.database.url)
+    if migrate:
+        upgrade(config.database.url, engine=engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = background.start(app.state)
+        log.info("api_started", origin=config.api.origin)
+        try:
+            yield
+        finally:
+            stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="buildworker",
+        version=__version__,
+        description="A builds.sr.ht-compatible build farm: the legacy REST API of builds.sr.ht.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.store = config.store.path
+    app.state.secret_box = SecretBox(config.api.secret_key)
+    install_handlers(app)
+    app.include_router(public.router)
+    app.include_router(groups.router)
+    app.include_router(secrets.router)
+    app.include_router(internal.router)
+    app.include_router(files.router)
+    return app

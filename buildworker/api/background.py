@@ -1,0 +1,50 @@
+"""The API tier's background threads: the outbox publisher and the lease reaper.
+
+`start` is called from the app's lifespan with ``app.state``; the callable it returns stops
+both threads and waits for them, and the lifespan calls it before the engine is disposed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from buildworker.api.publisher import OutboxPublisher
+from buildworker.api.reaper import LeaseReaper
+from buildworker.config import Config
+
+__all__ = ["start"]
+
+_log = structlog.get_logger(__name__)
+
+
+def start(state: Any) -> Callable[[], None]:
+    """Start the publisher and the reaper for the app whose ``state`` holds ``config`` and
+    ``sessionmaker``; they are also left on the state (``publisher``, ``reaper``)."""
+    config: Config = state.config
+    publisher = OutboxPublisher(
+        state.sessionmaker,
+        config.broker.url,
+        poll_s=config.broker.outbox_poll,
+        reconnect_max_s=config.broker.reconnect_max,
+        heartbeat_s=config.broker.heartbeat,
+    )
+    reaper = LeaseReaper(
+        state.sessionmaker,
+        max_attempts=config.api.max_attempts,
+        interval_s=config.api.reap_interval,
+    )
+    publisher.start()
+    reaper.start()
+    state.publisher = publisher
+    state.reaper = reaper
+    _log.info("background.started")
+
+    def stop() -> None:
+        publisher.stop()
+        reaper.stop()
+        _log.info("background.stopped")
+
+    return stop

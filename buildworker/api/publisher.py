@@ -1,0 +1,266 @@
+"""The outbox publisher: sends committed outbox rows to RabbitMQ, then stamps them published.
+
+One thread owns one pika `BlockingConnection` (pika is not thread-safe). The loop:
+
+1. connect, put the channel in confirm mode, declare the dead-letter exchange and queue;
+2. take a batch of unpublished rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several API
+   processes never take the same row), declare each job's exchange/queue/binding (once per
+   connection), publish it persistent and ``mandatory`` and wait for the broker's confirm;
+3. stamp ``published_at`` on the confirmed rows only, and commit;
+4. when idle, let pika serve heartbeats for ``poll`` seconds, then look again.
+
+A broker that is down or goes away mid-batch is retried with capped exponential backoff; rows
+not confirmed stay unpublished and go out after the reconnect. Delivery is at least once: if
+the connection drops after the broker took a message but before its confirm arrived, the row
+is sent again, and the worker's claim (one per attempt) makes the copy harmless.
+
+Rows whose job has moved on (cancelled, or a newer attempt exists) are stamped without being
+sent: a worker would only be refused at claim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from buildworker.db.models import Job, Outbox, utcnow
+
+__all__ = [
+    "DEAD_EXCHANGE",
+    "DEAD_QUEUE",
+    "JOBS_EXCHANGE",
+    "JobMessage",
+    "OutboxPublisher",
+    "backoff_delay",
+    "queue_name",
+    "routing_key",
+]
+
+JOBS_EXCHANGE = "buildworker.jobs"
+DEAD_EXCHANGE = "buildworker.dead"
+DEAD_QUEUE = "buildworker.dead"
+#: Rows taken per transaction; bounds the work redone after a crash mid-batch.
+BATCH_SIZE = 100
+#: First wait after a failed connection, in seconds; doubles up to the configured cap.
+BACKOFF_START_S = 0.5
+
+_log = structlog.get_logger(__name__)
+
+
+def routing_key(image: str, arch: str) -> str:
+    return f"{image}@{arch}"
+
+
+def queue_name(image: str, arch: str) -> str:
+    return f"buildworker.jobs.{routing_key(image, arch)}"
+
+
+def queue_arguments() -> dict[str, Any]:
+    return {"x-dead-letter-exchange": DEAD_EXCHANGE}
+
+
+def backoff_delay(failures: int, cap_s: float, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after ``failures`` consecutive failures (1, 2, ...): doubling from
+    `BACKOFF_START_S`, capped at ``cap_s``, with up to 25% jitter taken off."""
+    base = min(cap_s, BACKOFF_START_S * 2 ** max(0, failures - 1))
+    return base * (1 - 0.25 * rand())
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """What goes on the queue: ids only, never the manifest or its secrets."""
+
+    job_id: int
+    attempt: int
+    image: str
+    arch: str
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.job_id}.{self.attempt}"
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"job_id": self.job_id, "attempt": self.attempt, "image": self.image, "arch": self.arch}
+        ).encode()
+
+    @classmethod
+    def from_body(cls, body: bytes) -> JobMessage:
+        data = json.loads(body)
+        return cls(int(data["job_id"]), int(data["attempt"]), str(data["image"]), str(data["arch"]))
+
+
+class OutboxPublisher:
+    """Drains the outbox to RabbitMQ in its own thread (`start`/`stop`), or step by step
+    from a test (`publish_pending` on an open connection).
+
+    Parameters:
+        sessionmaker: sessions on the API's database.
+        url: the broker's AMQP URL.
+        poll_s: how long to wait for new rows when the outbox is empty.
+        reconnect_max_s: the longest wait between reconnect attempts.
+        heartbeat_s: the AMQP heartbeat negotiated with the broker.
+    """
+
+    def __init__(
+        self,
+        sessionmaker: sessionmaker[Session],
+        url: str,
+        *,
+        poll_s: float = 0.25,
+        reconnect_max_s: float = 30.0,
+        heartbeat_s: float = 30.0,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._url = url
+        self._poll_s = poll_s
+        self._reconnect_max_s = reconnect_max_s
+        self._heartbeat_s = heartbeat_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._declared: set[str] = set()
+        #: messages confirmed by the broker since start (for tests and logs)
+        self.published = 0
+        #: connections opened since start
+        self.connections = 0
+
+    # --- thread lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="outbox-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def run(self) -> None:
+        """Connect, drain, wait; reconnect with backoff on any broker error, until stopped."""
+        failures = 0
+        while not self._stop.is_set():
+            connection = None
+            try:
+                connection = self._connect()
+                failures = 0
+                channel = connection.channel()
+                channel.confirm_delivery()
+                self._declare_dead_letter(channel)
+                while not self._stop.is_set():
+                    if self.publish_pending(channel) == 0:
+                        # Serves heartbeats and notices a closed connection while idle.
+                        connection.process_data_events(time_limit=self._poll_s)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                failures += 1
+                delay = backoff_delay(failures, self._reconnect_max_s)
+                _log.warning(
+                    "publisher.broker_unavailable",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=round(delay, 2),
+                )
+                self._stop.wait(delay)
+            except Exception:
+                # A database error (server restart, lock timeout): log and retry, never die,
+                # or nothing would be published until the API restarts.
+                failures += 1
+                _log.exception("publisher.error")
+                self._stop.wait(backoff_delay(failures, self._reconnect_max_s))
+            finally:
+                self._declared.clear()
+                if connection is not None and connection.is_open:
+                    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                        connection.close()
+
+    def _connect(self) -> Any:
+        params = pika.URLParameters(self._url)
+        params.heartbeat = int(self._heartbeat_s)
+        params.blocked_connection_timeout = 30
+        params.socket_timeout = 5
+        params.stack_timeout = 10
+        params.connection_attempts = 1
+        params.client_properties = {"connection_name": "buildworker outbox publisher"}
+        connection = pika.BlockingConnection(params)
+        self.connections += 1
+        _log.info("publisher.connected", connections=self.connections)
+        return connection
+
+    # --- publishing -----------------------------------------------------------------------
+
+    def _declare_dead_letter(self, channel: Any) -> None:
+        channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
+        channel.queue_declare(DEAD_QUEUE, durable=True)
+        channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE)
+        channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
+
+    def _declare_route(self, channel: Any, image: str, arch: str) -> None:
+        key = routing_key(image, arch)
+        if key in self._declared:
+            return
+        queue = queue_name(image, arch)
+        channel.queue_declare(queue, durable=True, arguments=queue_arguments())
+        channel.queue_bind(queue, JOBS_EXCHANGE, routing_key=key)
+        self._declared.add(key)
+
+    def publish_pending(self, channel: Any) -> int:
+        """Publish one batch of unpublished rows on a confirm-mode channel; return how many
+        rows were handled (sent or skipped). Broker errors propagate after the rows confirmed
+        so far are stamped."""
+        with self._sessionmaker() as session:
+            rows = session.execute(
+                select(Outbox, Job)
+                .join(Job, Job.id == Outbox.job_id)
+                .where(Outbox.published_at.is_(None))
+                .order_by(Outbox.id)
+                .limit(BATCH_SIZE)
+                .with_for_update(skip_locked=True, of=Outbox)
+            ).all()
+            if not rows:
+                session.rollback()
+                return 0
+            done: list[Outbox] = []
+            try:
+                for row, job in rows:
+                    if job.attempt != row.attempt or job.status != "queued":
+                        _log.info(
+                            "publisher.skipped",
+                            job_id=job.id,
+                            attempt=row.attempt,
+                            status=job.status,
+                            current_attempt=job.attempt,
+                        )
+                        done.append(row)
+                        continue
+                    message = JobMessage(job.id, row.attempt, job.image, job.arch)
+                    self._declare_route(channel, job.image, job.arch)
+                    channel.basic_publish(
+                        exchange=JOBS_EXCHANGE,
+                        routing_key=routing_key(job.image, job.arch),
+                        body=message.body(),
+                        properties=pika.BasicProperties(
+                            content_type="application/json",
+                            delivery_mode=pika.DeliveryMode.Persistent,
+                            message_id=message.message_id,
+                        ),
+                        mandatory=True,
+                    )
+                    # basic_publish returned: the broker confirmed it (confirm mode).
+                    self.published += 1
+                    done.append(row)
+                    _log.info("publisher.published", job_id=job.id, attempt=row.attempt)
+            finally:
+                now = utcnow()
+                for row in done:
+                    row.published_at = now
+                session.commit()
+            return len(rows)

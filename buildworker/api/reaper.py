@@ -1,0 +1,176 @@
+"""The lease reaper, and the job transitions it shares with the internal API.
+
+A claimed job carries a lease (`jobs.lease_expires`) that the worker renews with every
+heartbeat. When a worker dies the lease lapses, and `reap` decides what becomes of the job:
+
+- the user had asked to cancel it → ``cancelled`` (nobody is left to stop);
+- attempts remain (``attempt < [api] max-attempts``) → back to ``queued`` with attempt + 1 and
+  a new outbox row, so another worker picks it up (`requeue`);
+- otherwise → ``failed``, with the reason in `jobs.reason`.
+
+Every transition is a conditional UPDATE on (id, attempt, status): of a reaper and a late
+heartbeat or finish racing for the same job, exactly one wins, on SQLite and PostgreSQL
+alike. Several API processes may run reapers at once for the same reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from buildworker.db.models import Job, Outbox, Task, utcnow
+
+__all__ = [
+    "LeaseReaper",
+    "end_running",
+    "reap",
+    "requeue",
+    "settle_tasks",
+]
+
+_log = structlog.get_logger(__name__)
+
+
+def settle_tasks(session: Session, job_id: int, status: str) -> None:
+    """Give the tasks of a job that ended with ``status`` a final status of their own:
+    pending ones were never run (skipped), a running one ended with the job."""
+    session.execute(
+        update(Task)
+        .where(Task.job_id == job_id, Task.status == "pending")
+        .values(status="skipped", updated=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(Task)
+        .where(Task.job_id == job_id, Task.status == "running")
+        .values(status="success" if status == "success" else "failed", updated=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def requeue(session: Session, job_id: int, attempt: int, reason: str) -> bool:
+    """running attempt ``attempt`` → queued attempt + 1, tasks pending again, one outbox row.
+
+    False (and nothing changed) when the job is no longer running that attempt. The caller
+    commits.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+        .values(
+            status="queued",
+            attempt=attempt + 1,
+            runner=None,
+            lease_expires=None,
+            reason=reason,
+            updated=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return False
+    session.execute(
+        update(Task)
+        .where(Task.job_id == job_id)
+        .values(status="pending", updated=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.add(Outbox(job_id=job_id, attempt=attempt + 1))
+    _log.info("job.requeued", job_id=job_id, attempt=attempt + 1, reason=reason)
+    return True
+
+
+def end_running(
+    session: Session, job_id: int, attempt: int, status: str, reason: str | None
+) -> bool:
+    """running attempt ``attempt`` → terminal ``status`` with ``reason``; tasks settled.
+
+    False when the job is no longer running that attempt. The caller commits.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+        .values(status=status, lease_expires=None, reason=reason, updated=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return False
+    settle_tasks(session, job_id, status)
+    _log.info("job.ended", job_id=job_id, attempt=attempt, status=status, reason=reason)
+    return True
+
+
+def reap(session: Session, *, max_attempts: int, now: datetime | None = None) -> list[int]:
+    """Handle every running job whose lease lapsed before ``now``; return their ids.
+
+    Commits once per job, so one job that cannot be handled does not hold back the rest.
+    """
+    now = now or utcnow()
+    lapsed = session.execute(
+        select(Job.id, Job.attempt, Job.runner, Job.cancel_requested)
+        .where(Job.status == "running", Job.lease_expires < now)
+        .order_by(Job.id)
+        .limit(500)
+    ).all()
+    handled = []
+    for job_id, attempt, runner, cancel_requested in lapsed:
+        lost = f"worker {runner or '?'} stopped renewing its lease (attempt {attempt})"
+        if cancel_requested:
+            done = end_running(session, job_id, attempt, "cancelled", f"cancelled; {lost}")
+        elif attempt < max_attempts:
+            done = requeue(session, job_id, attempt, lost)
+        else:
+            done = end_running(
+                session, job_id, attempt, "failed", f"{lost}; gave up after {attempt} attempts"
+            )
+        session.commit()
+        if done:
+            handled.append(job_id)
+    return handled
+
+
+class LeaseReaper:
+    """Runs `reap` every ``interval_s`` seconds in its own thread until stopped.
+
+    Parameters:
+        sessionmaker: sessions on the API's database.
+        max_attempts: ``[api] max-attempts``.
+        interval_s: seconds between passes.
+    """
+
+    def __init__(
+        self, sessionmaker: sessionmaker[Session], *, max_attempts: int, interval_s: float
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._max_attempts = max_attempts
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="lease-reaper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                with self._sessionmaker() as session:
+                    reap(session, max_attempts=self._max_attempts)
+            except Exception:
+                # The database went away for a moment: log, and try again next pass.
+                _log.exception("reaper.error")
+
+
+def lease_deadline(lease_s: float, now: datetime | None = None) -> datetime:
+    """When a lease taken or renewed ``now`` lapses."""
+    return (now or utcnow()) + timedelta(seconds=lease_s)

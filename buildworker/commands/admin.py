@@ -1,0 +1,141 @@
+"""`buildworker admin`: users and tokens of the API tier, from the server's shell.
+
+    buildworker admin user add NAME [--email E]
+    buildworker admin user list
+    buildworker admin token create USER --scopes "jobs:read jobs:write" [--name N]
+    buildworker admin token list USER
+    buildworker admin token revoke ID
+    buildworker admin gen-key          (a Fernet key for [api] secret-key)
+    buildworker admin migrate          (bring the database to the latest schema)
+
+A created token is printed once, on stdout alone (so `T=$(buildworker admin token create
+...)` works); only its hash is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from buildworker.api.accounts import (
+    AccountError,
+    create_token,
+    create_user,
+    get_user,
+    list_tokens,
+    revoke_token,
+)
+from buildworker.api.auth import KNOWN_SCOPES
+from buildworker.api.crypto import generate_key
+from buildworker.config import load_config
+from buildworker.db.engine import make_engine, make_sessionmaker
+from buildworker.db.migrate import upgrade
+from buildworker.db.models import User
+
+NAME = "admin"
+HELP = "manage users and API tokens (the token is printed once)"
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0] if __doc__ else None
+    groups = parser.add_subparsers(dest="admin_command", metavar="WHAT", required=True)
+
+    user = groups.add_parser("user", help="users").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    add = user.add_parser("add", help="create a user")
+    add.add_argument("username")
+    add.add_argument("--email", default=None)
+    user.add_parser("list", help="list users")
+
+    token = groups.add_parser("token", help="API tokens").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    create = token.add_parser("create", help="create a token and print it once")
+    create.add_argument("username")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help=f"space- or comma-separated: {', '.join(KNOWN_SCOPES)} or *",
+    )
+    create.add_argument("--name", default=None, help="a label to recognise the token by")
+    tlist = token.add_parser("list", help="list a user's tokens (never the tokens themselves)")
+    tlist.add_argument("username")
+    revoke = token.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id", type=int)
+
+    groups.add_parser("gen-key", help="print a new Fernet key for [api] secret-key")
+    groups.add_parser("migrate", help="migrate the database to the latest schema")
+
+
+def _user_add(session: Session, args: argparse.Namespace) -> None:
+    user = create_user(session, args.username, args.email)
+    session.commit()
+    print(f"created user ~{user.username} (id {user.id})")
+
+
+def _user_list(session: Session, args: argparse.Namespace) -> None:
+    for user in session.scalars(select(User).order_by(User.id)):
+        print(f"{user.id}\t~{user.username}\t{user.email or ''}")
+
+
+def _token_create(session: Session, args: argparse.Namespace) -> None:
+    user = get_user(session, args.username)
+    created = create_token(session, user, args.scopes, args.name)
+    session.commit()
+    print(f"token {created.id} for ~{user.username}: {created.scopes}", file=sys.stderr)
+    print(created.token)
+
+
+def _token_list(session: Session, args: argparse.Namespace) -> None:
+    user = get_user(session, args.username)
+    for token in list_tokens(session, user):
+        state = "revoked" if token.revoked else "active"
+        used = token.last_used.isoformat() if token.last_used else "never"
+        print(f"{token.id}\t{state}\t{token.name or '-'}\t{token.scopes}\tlast used {used}")
+
+
+def _token_revoke(session: Session, args: argparse.Namespace) -> None:
+    token = revoke_token(session, args.id)
+    session.commit()
+    print(f"revoked token {token.id}")
+
+
+_ACTIONS: dict[tuple[str, str], Callable[[Session, argparse.Namespace], None]] = {
+    ("user", "add"): _user_add,
+    ("user", "list"): _user_list,
+    ("token", "create"): _token_create,
+    ("token", "list"): _token_list,
+    ("token", "revoke"): _token_revoke,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.admin_command == "gen-key":
+        print(generate_key())
+        return EXIT_OK
+    config = load_config(args.config)
+    url = config.database.url
+    engine = make_engine(url)
+    try:
+        upgrade(url, engine=engine)
+        if args.admin_command == "migrate":
+            print("database is at the latest schema")
+            return EXIT_OK
+        action = _ACTIONS[(args.admin_command, args.action)]
+        with make_sessionmaker(engine)() as session:
+            try:
+                action(session, args)
+            except AccountError as exc:
+                print(f"buildworker admin: {exc}", file=sys.stderr)
+                return EXIT_REFUSED
+    finally:
+        engine.dispose()
+    return EXIT_OK

@@ -1,0 +1,250 @@
+"""With the broker cut off, submits still land in the outbox; once it is back, every job is
+published exactly once.
+
+The system RabbitMQ is never stopped: the publisher reaches it through a TCP proxy on
+127.0.0.1 that this test owns, and "the broker is down" means the proxy drops every
+connection and refuses new ones.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pika
+import pytest
+from api_helpers import MANIFEST, make_account
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from buildworker.api.app import create_app
+from buildworker.api.publisher import OutboxPublisher, queue_name
+from buildworker.config import BrokerConfig, Config
+from buildworker.db.engine import make_engine, make_sessionmaker
+from buildworker.db.migrate import upgrade
+from buildworker.db.models import Job, Outbox, User
+from buildworker.db.outbox import enqueue
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def submit(sessions: sessionmaker[Session], count: int) -> list[int]:
+    """Insert `count` queued jobs with their outbox rows, as POST /api/jobs does."""
+    with sessions() as session:
+        user = session.scalars(select(User).where(User.username == "alice")).first()
+        if user is None:
+            user = User(username="alice")
+            session.add(user)
+        ids = []
+        for _ in range(count):
+            job = Job(owner=user, manifest="image: x\n", image="debian/bookworm", arch="amd64")
+            job.status, job.attempt = "queued", 1
+            session.add(job)
+            session.flush()
+            enqueue(session, job)
+            ids.append(job.id)
+        session.commit()
+        return ids
+
+
+def drain(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        messages = []
+        while True:
+            method, props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append((props, body))
+    finally:
+        connection.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def unpublished(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return len(session.scalars(select(Outbox).where(Outbox.published_at.is_(None))).all())
+
+
+class CuttableProxy:
+    """A TCP proxy 127.0.0.1:<port> → upstream that the test can cut and restore."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()  # the broker is "down": the connection is refused at once
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self.accepted += 1
+            with self._lock:
+                self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up.clear()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(amqp_url: str) -> Iterator[CuttableProxy]:
+    parsed = urllib.parse.urlsplit(amqp_url)
+    proxy = CuttableProxy((parsed.hostname or "127.0.0.1", parsed.port or 5672))
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def via(amqp_url: str, proxy: CuttableProxy) -> str:
+    parsed = urllib.parse.urlsplit(amqp_url)
+    netloc = f"{parsed.username}:{parsed.password}@127.0.0.1:{proxy.port}"
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+
+
+@pytest.mark.slow
+def test_jobs_submitted_while_the_broker_is_cut_are_published_once_when_it_is_back(
+    sessions: sessionmaker[Session], amqp_url: str, proxy: CuttableProxy
+) -> None:
+    publisher = OutboxPublisher(sessions, via(amqp_url, proxy), poll_s=0.05, reconnect_max_s=0.5)
+    publisher.start()
+    try:
+        # Given jobs published while the broker is reachable
+        before = submit(sessions, 5)
+        wait_until(lambda: unpublished(sessions) == 0)
+        assert publisher.connections == 1
+        # When the broker is cut and jobs keep being submitted, in several bursts
+        proxy.cut()
+        during: list[int] = []
+        for _ in range(4):
+            during += submit(sessions, 5)
+            time.sleep(0.3)
+        # Then the submits succeeded and their rows wait in the outbox
+        time.sleep(1.0)
+        assert unpublished(sessions) == len(during)
+        # When the broker is back
+        proxy.restore()
+        after = submit(sessions, 5)
+        wait_until(lambda: unpublished(sessions) == 0, timeout_s=30)
+    finally:
+        publisher.stop()
+    # Then every job is in the queue exactly once
+    messages = drain(amqp_url, queue_name("debian/bookworm", "amd64"))
+    counts = collections.Counter(props.message_id for props, _ in messages)
+    expected = before + during + after
+    assert sorted(counts) == sorted(f"{job_id}.1" for job_id in expected)
+    assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v > 1}
+    assert sorted(json.loads(body)["job_id"] for _, body in messages) == sorted(expected)
+    # and the publisher reconnected rather than giving up
+    assert publisher.connections >= 2
+
+
+@pytest.mark.slow
+def test_submits_over_http_succeed_while_the_broker_is_cut_and_publish_once_after(
+    api_config: Config, amqp_url: str, proxy: CuttableProxy
+) -> None:
+    # Given the API with its background publisher reaching RabbitMQ through the proxy
+    config = replace(
+        api_config,
+        broker=BrokerConfig(url=via(amqp_url, proxy), outbox_poll=0.05, reconnect_max=0.5),
+    )
+    app = create_app(config)
+    sessions = app.state.sessionmaker
+    with TestClient(app) as client:
+        alice = make_account(app, "alice")
+
+        def post() -> int:
+            response = client.post(
+                "/api/jobs", json={"manifest": MANIFEST}, headers=alice.headers()
+            )
+            assert response.status_code == 200, response.text
+            job_id: int = response.json()["id"]
+            return job_id
+
+        before = [post() for _ in range(3)]
+        wait_until(lambda: unpublished(sessions) == 0)
+        # When the broker is cut while users keep submitting
+        proxy.cut()
+        during = [post() for _ in range(10)]
+        time.sleep(1.0)
+        assert unpublished(sessions) == len(during)
+        # And it comes back
+        proxy.restore()
+        wait_until(lambda: unpublished(sessions) == 0, timeout_s=30)
+    # Then every job was published exactly once
+    messages = drain(amqp_url, queue_name("debian/bookworm", "amd64"))
+    counts = collections.Counter(props.message_id for props, _ in messages)
+    assert sorted(counts) == sorted(f"{job_id}.1" for job_id in before + during)
+    assert set(counts.values()) == {1}

@@ -1,0 +1,226 @@
+"""The outbox publisher against the real RabbitMQ (a fresh vhost) and both databases."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from buildworker.api.publisher import (
+    DEAD_EXCHANGE,
+    JOBS_EXCHANGE,
+    JobMessage,
+    OutboxPublisher,
+    backoff_delay,
+    queue_name,
+)
+from buildworker.db.engine import make_engine, make_sessionmaker
+from buildworker.db.migrate import upgrade
+from buildworker.db.models import Job, Outbox, User
+from buildworker.db.outbox import enqueue
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def submit(
+    sessions: sessionmaker[Session], count: int, image: str = "debian/bookworm", arch: str = "amd64"
+) -> list[int]:
+    """Insert `count` queued jobs with their outbox rows, as POST /api/jobs does."""
+    with sessions() as session:
+        user = session.scalars(select(User).where(User.username == "alice")).first()
+        if user is None:
+            user = User(username="alice")
+            session.add(user)
+        ids = []
+        for _ in range(count):
+            job = Job(owner=user, manifest="image: x\n", image=image, arch=arch, status="queued")
+            job.attempt = 1
+            session.add(job)
+            session.flush()
+            enqueue(session, job)
+            ids.append(job.id)
+        session.commit()
+        return ids
+
+
+def drain(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
+    """Every message waiting in `queue` (acked)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        messages = []
+        while True:
+            method, props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append((props, body))
+    finally:
+        connection.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def unpublished(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return len(session.scalars(select(Outbox).where(Outbox.published_at.is_(None))).all())
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter_taken_off() -> None:
+    no_jitter = lambda: 0.0  # noqa: E731
+    assert [backoff_delay(n, 5.0, no_jitter) for n in (1, 2, 3, 4, 5)] == [0.5, 1, 2, 4, 5]
+    assert backoff_delay(3, 5.0, lambda: 1.0) == pytest.approx(1.5)
+
+
+def test_message_body_round_trips_and_carries_ids_only() -> None:
+    message = JobMessage(7, 2, "debian/bookworm", "amd64")
+    assert json.loads(message.body()) == {
+        "job_id": 7,
+        "attempt": 2,
+        "image": "debian/bookworm",
+        "arch": "amd64",
+    }
+    assert JobMessage.from_body(message.body()) == message
+    assert message.message_id == "7.2"
+
+
+def test_every_queued_job_is_published_once_as_the_contract_says(
+    sessions: sessionmaker[Session], amqp_url: str
+) -> None:
+    # Given three queued jobs for two image/arch pairs
+    amd = submit(sessions, 2)
+    arm = submit(sessions, 1, arch="arm64")
+    publisher = OutboxPublisher(sessions, amqp_url, poll_s=0.05)
+    # When the publisher runs until the outbox is empty
+    publisher.start()
+    try:
+        wait_until(lambda: unpublished(sessions) == 0)
+    finally:
+        publisher.stop()
+    # Then each job is in its image@arch queue once, persistent, JSON, with its message id
+    got = drain(amqp_url, queue_name("debian/bookworm", "amd64"))
+    assert [json.loads(body)["job_id"] for _, body in got] == amd
+    props, body = got[0]
+    assert props.delivery_mode == 2
+    assert props.content_type == "application/json"
+    assert props.message_id == f"{amd[0]}.1"
+    assert json.loads(body) == {
+        "job_id": amd[0],
+        "attempt": 1,
+        "image": "debian/bookworm",
+        "arch": "amd64",
+    }
+    got_arm = drain(amqp_url, queue_name("debian/bookworm", "arm64"))
+    assert [json.loads(body)["job_id"] for _, body in got_arm] == arm
+    assert publisher.published == 3
+
+
+def test_queues_are_declared_durable_with_the_dead_letter_exchange(
+    sessions: sessionmaker[Session], amqp_url: str
+) -> None:
+    submit(sessions, 1)
+    publisher = OutboxPublisher(sessions, amqp_url, poll_s=0.05)
+    publisher.start()
+    try:
+        wait_until(lambda: unpublished(sessions) == 0)
+    finally:
+        publisher.stop()
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        # Declaring with the contract's arguments succeeds: they match what exists...
+        channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
+        channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
+        channel.queue_declare(
+            queue_name("debian/bookworm", "amd64"),
+            durable=True,
+            arguments={"x-dead-letter-exchange": DEAD_EXCHANGE},
+        )
+        channel.queue_declare("buildworker.dead", durable=True)
+        # ...and with other arguments the broker refuses (406), so the check can fail.
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            channel.queue_declare(queue_name("debian/bookworm", "amd64"), durable=True)
+        assert info.value.reply_code == 406
+    finally:
+        connection.close()
+
+
+def test_rows_of_cancelled_or_superseded_jobs_are_stamped_without_being_sent(
+    sessions: sessionmaker[Session], amqp_url: str
+) -> None:
+    # Given a cancelled job and a job whose outbox row is for an older attempt
+    cancelled, superseded, live = submit(sessions, 3)
+    with sessions() as session:
+        session.get_one(Job, cancelled).status = "cancelled"
+        session.get_one(Job, superseded).attempt = 2
+        session.commit()
+    publisher = OutboxPublisher(sessions, amqp_url, poll_s=0.05)
+    publisher.start()
+    try:
+        wait_until(lambda: unpublished(sessions) == 0)
+    finally:
+        publisher.stop()
+    got = drain(amqp_url, queue_name("debian/bookworm", "amd64"))
+    assert [json.loads(body)["job_id"] for _, body in got] == [live]
+
+
+def test_a_publisher_with_no_broker_keeps_retrying_and_publishes_nothing(
+    sessions: sessionmaker[Session],
+) -> None:
+    # Given a broker URL where nothing listens (a closed loopback port)
+    submit(sessions, 1)
+    publisher = OutboxPublisher(
+        sessions, "amqp://guest:guest@127.0.0.1:1/%2F", poll_s=0.05, reconnect_max_s=0.2
+    )
+    publisher.start()
+    time.sleep(1.0)
+    publisher.stop()
+    # Then the row is still waiting and the thread ended when asked
+    assert unpublished(sessions) == 1
+    assert publisher.published == 0
+    assert publisher._thread is not None and not publisher._thread.is_alive()
+
+
+def test_two_publishers_on_postgresql_never_send_a_row_twice(pg_url: str, amqp_url: str) -> None:
+    # Given one PostgreSQL database shared by two API processes' publishers
+    upgrade(pg_url)
+    engine = make_engine(pg_url)
+    sessions = make_sessionmaker(engine)
+    publishers = [OutboxPublisher(sessions, amqp_url, poll_s=0.01) for _ in range(2)]
+    try:
+        for publisher in publishers:
+            publisher.start()
+        # When jobs keep arriving while both drain the outbox
+        ids: list[int] = []
+        for _ in range(10):
+            ids += submit(sessions, 20)
+        wait_until(lambda: unpublished(sessions) == 0)
+    finally:
+        for publisher in publishers:
+            publisher.stop()
+        engine.dispose()
+    # Then each job was sent once, by one of them
+    got = drain(amqp_url, queue_name("debian/bookworm", "amd64"))
+    assert sorted(props.message_id for props, _ in got) == sorted(f"{i}.1" for i in ids)
+    assert sum(p.published for p in publishers) == len(ids)
