@@ -14,6 +14,7 @@ import structlog
 from buildworker.api.publisher import OutboxPublisher
 from buildworker.api.reaper import LeaseReaper
 from buildworker.config import Config
+from buildworker.triggers import sender as trigger_sender
 
 __all__ = ["start"]
 
@@ -38,6 +39,7 @@ def start(state: Any) -> Callable[[], None]:
     )
     publisher.start()
     reaper.start()
+    stop_triggers = trigger_sender.start(state)
     state.publisher = publisher
     state.reaper = reaper
     _log.info("background.started")
@@ -45,6 +47,7 @@ def start(state: Any) -> Callable[[], None]:
     def stop() -> None:
         publisher.stop()
         reaper.stop()
+        stop_triggers()
         _log.info("background.stopped")
 
     return stop

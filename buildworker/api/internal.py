@@ -44,6 +44,7 @@ from buildworker.config import Config
 from buildworker.db.models import TERMINAL_JOB_STATUSES, Artifact, Job, Task, Worker, utcnow
 from buildworker.manifest import ManifestError, parse_manifest
 from buildworker.store import ArtifactTooLarge, InvalidName, LogGap, Store
+from buildworker.triggers.dispatch import record_job_triggers
 
 __all__ = ["SETUP_LOG", "router"]
 
@@ -346,6 +347,7 @@ def _end_unclaimable(
     )
     if getattr(result, "rowcount", 0) == 1:
         settle_tasks(session, job.id, "failed")
+        record_job_triggers(session, job.id)
         store = _store(request)
         size = store.log_size(job.id) or 0
         store.append_log(job.id, None, size, f"Error: {reason}\n".encode())

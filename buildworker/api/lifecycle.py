@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from buildworker.db.models import Job, utcnow
 from buildworker.db.outbox import enqueue
+from buildworker.triggers.dispatch import record_job_triggers
 
 __all__ = ["cancel", "start_pending"]
 
@@ -49,6 +50,7 @@ def cancel(session: Session, job: Job, reason: str) -> str:
     )
     if getattr(result, "rowcount", 0) == 1:
         session.refresh(job)
+        record_job_triggers(session, job)
         return "cancelled"
     result = session.execute(
         update(Job)

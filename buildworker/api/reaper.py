@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.db.models import Job, Outbox, Task, utcnow
+from buildworker.triggers.dispatch import record_job_triggers
 
 __all__ = [
     "LeaseReaper",
@@ -101,6 +102,7 @@ def end_running(
     if getattr(result, "rowcount", 0) != 1:
         return False
     settle_tasks(session, job_id, status)
+    record_job_triggers(session, job_id)
     _log.info("job.ended", job_id=job_id, attempt=attempt, status=status, reason=reason)
     return True
 

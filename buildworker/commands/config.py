@@ -17,6 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: Values never printed, only whether they are set.
+_SECRET_KEYS = {"worker_token", "secret_key", "token", "smtp_password", "webhook_key"}
+
+
 def render(config: Config) -> str:
     lines = [f"# effective configuration (from {config.source or 'built-in defaults'})"]
     for section in dataclasses.fields(config):
@@ -28,7 +32,7 @@ def render(config: Config) -> str:
             value = getattr(values, item.name)
             if isinstance(value, tuple):
                 value = ", ".join(value)
-            secret = item.name in {"worker_token", "secret_key", "token"} and value
+            secret = item.name in _SECRET_KEYS and value
             lines.append(f"{item.name.replace('_', '-')} = {'<set>' if secret else value}")
     return "\n".join(lines)
 

@@ -56,3 +56,14 @@ def test_running_one_command_imports_only_that_command() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['buildworker.commands.lint']"
     assert "fastapi" not in out.stdout
+
+
+def test_config_command_hides_mail_and_webhook_secrets(tmp_path: Path) -> None:
+    conf = tmp_path / "w.conf"
+    conf.write_text("[mail]\nsmtp-password = hunter2-pw\n[triggers]\nwebhook-key = c2VlZA==\n")
+    result = subprocess.run(
+        [BIN, "config", "--config", str(conf)], capture_output=True, text=True, check=True
+    )
+    assert "hunter2-pw" not in result.stdout
+    assert "c2VlZA==" not in result.stdout
+    assert "smtp-password = <set>" in result.stdout
