@@ -21,10 +21,13 @@ from api_helpers import (
 )
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.api.app import create_app
 from buildworker.api.crypto import generate_key
 from buildworker.config import ApiConfig, BrokerConfig, Config, DatabaseConfig, StoreConfig
+from buildworker.db.engine import make_engine, make_sessionmaker
+from buildworker.db.migrate import upgrade
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -103,3 +106,15 @@ def live_url(app: FastAPI) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    """A migrated database on each backend, for tests that drive the outbox directly."""
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()

@@ -15,81 +15,17 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
-import pika
 import pytest
-from api_helpers import MANIFEST, make_account
+from api_helpers import MANIFEST, drain, make_account, submit, unpublished, wait_until
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.api.app import create_app
 from buildworker.api.publisher import OutboxPublisher, queue_name
 from buildworker.config import BrokerConfig, Config
-from buildworker.db.engine import make_engine, make_sessionmaker
-from buildworker.db.migrate import upgrade
-from buildworker.db.models import Job, Outbox, User
-from buildworker.db.outbox import enqueue
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
-
-
-def submit(sessions: sessionmaker[Session], count: int) -> list[int]:
-    """Insert `count` queued jobs with their outbox rows, as POST /api/jobs does."""
-    with sessions() as session:
-        user = session.scalars(select(User).where(User.username == "alice")).first()
-        if user is None:
-            user = User(username="alice")
-            session.add(user)
-        ids = []
-        for _ in range(count):
-            job = Job(owner=user, manifest="image: x\n", image="debian/bookworm", arch="amd64")
-            job.status, job.attempt = "queued", 1
-            session.add(job)
-            session.flush()
-            enqueue(session, job)
-            ids.append(job.id)
-        session.commit()
-        return ids
-
-
-def drain(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        messages = []
-        while True:
-            method, props, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return messages
-            messages.append((props, body))
-    finally:
-        connection.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
-def unpublished(sessions: sessionmaker[Session]) -> int:
-    with sessions() as session:
-        return len(session.scalars(select(Outbox).where(Outbox.published_at.is_(None))).all())
 
 
 class CuttableProxy:

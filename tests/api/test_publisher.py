@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pika
 import pika.exceptions
 import pytest
-from sqlalchemy import select
+from api_helpers import drain, submit, unpublished, wait_until
 from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.api.publisher import (
@@ -23,68 +21,7 @@ from buildworker.api.publisher import (
 )
 from buildworker.db.engine import make_engine, make_sessionmaker
 from buildworker.db.migrate import upgrade
-from buildworker.db.models import Job, Outbox, User
-from buildworker.db.outbox import enqueue
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
-
-
-def submit(
-    sessions: sessionmaker[Session], count: int, image: str = "debian/bookworm", arch: str = "amd64"
-) -> list[int]:
-    """Insert `count` queued jobs with their outbox rows, as POST /api/jobs does."""
-    with sessions() as session:
-        user = session.scalars(select(User).where(User.username == "alice")).first()
-        if user is None:
-            user = User(username="alice")
-            session.add(user)
-        ids = []
-        for _ in range(count):
-            job = Job(owner=user, manifest="image: x\n", image=image, arch=arch, status="queued")
-            job.attempt = 1
-            session.add(job)
-            session.flush()
-            enqueue(session, job)
-            ids.append(job.id)
-        session.commit()
-        return ids
-
-
-def drain(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
-    """Every message waiting in `queue` (acked)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        messages = []
-        while True:
-            method, props, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return messages
-            messages.append((props, body))
-    finally:
-        connection.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
-def unpublished(sessions: sessionmaker[Session]) -> int:
-    with sessions() as session:
-        return len(session.scalars(select(Outbox).where(Outbox.published_at.is_(None))).all())
+from buildworker.db.models import Job
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter_taken_off() -> None:

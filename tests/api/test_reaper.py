@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
 import pika
 import pika.exceptions
-from api_helpers import MANIFEST, WORKER_TOKEN, Account, make_account
+from api_helpers import MANIFEST, WORKER_TOKEN, Account, make_account, wait_until
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -150,14 +149,6 @@ def test_the_reaper_thread_reaps_on_its_own(
     finally:
         reaper.stop()
     assert row(app, job_id).attempt == 2
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def test_the_app_lifespan_publishes_submitted_jobs_and_reaps_leases(
