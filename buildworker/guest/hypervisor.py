@@ -1,0 +1,451 @@
+"""libvirt provisioning: one transient domain per job on a qcow2 overlay, SSH on loopback.
+
+A guest is ``buildworker-<worker>-<job>-<attempt>``, with its own directory under
+``[vm] work-dir`` holding the overlay (backed by the shared base image, which is never
+written) and the serial console log. Transient domains outlive a crashed worker (libvirtd
+owns them), so a starting worker calls ``reap_leftovers()``: domains and directories with its
+prefix are destroyed and deleted. ``Guest.destroy()`` always removes both, and is idempotent.
+
+No libvirt exception escapes: they become ``VMError`` (``map_libvirt_errors``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+import paramiko
+import structlog
+
+from buildworker.config import VmConfig
+from buildworker.guest.accel import AccelChoice, choose_accel, probe_host
+from buildworker.guest.domain import (
+    DEFAULT_CMDLINE,
+    DomainSpec,
+    domain_name,
+    domain_prefix,
+    parse_hostfwd_port,
+    render_domain_xml,
+)
+from buildworker.guest.errors import VMError
+from buildworker.guest.images import ImageInfo
+from buildworker.guest.isolation import apply_isolation, parse_forwards
+from buildworker.guest.ports import is_hostfwd_conflict, pick_port
+from buildworker.guest.snapshot import load_state, save_state
+from buildworker.guest.ssh import load_private_key
+from buildworker.guest.vm import CONSOLE_NAME, Guest
+
+__all__ = ["Guest", "Hypervisor", "map_libvirt_errors"]
+
+#: Attempts to start a domain when QEMU lost the race for its kernel-assigned port.
+PORT_ATTEMPTS = 5
+OVERLAY_NAME = "overlay.qcow2"
+
+_log = structlog.get_logger()
+
+
+def _quiet_libvirt(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; ours are raised as VMError."""
+
+
+libvirt.registerErrorHandler(_quiet_libvirt, None)
+
+
+@contextlib.contextmanager
+def map_libvirt_errors(what: str) -> Iterator[None]:
+    """libvirt.libvirtError (and OSError/subprocess failures) → VMError naming the action."""
+    try:
+        yield
+    except VMError:
+        raise
+    except libvirt.libvirtError as exc:
+        raise VMError(f"{what}: libvirt: {exc.get_error_message() or exc}") from exc
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise VMError(f"{what}: {exc}") from exc
+
+
+def _is_gone(exc: libvirt.libvirtError) -> bool:
+    return exc.get_error_code() in (
+        libvirt.VIR_ERR_NO_DOMAIN,
+        libvirt.VIR_ERR_OPERATION_INVALID,  # not running any more
+    )
+
+
+def _readable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether ``uid``/``gid`` can read ``path`` (and traverse its parents), by mode bits."""
+    try:
+        groups = {gid, *(g.gr_gid for g in grp.getgrall() if pwd.getpwuid(uid).pw_name in g.gr_mem)}
+    except KeyError:
+        groups = {gid}
+
+    def allowed(p: Path, bit_user: int, bit_group: int, bit_other: int) -> bool:
+        st = p.stat()
+        if st.st_uid == uid:
+            return bool(st.st_mode & bit_user)
+        if st.st_gid in groups:
+            return bool(st.st_mode & bit_group)
+        return bool(st.st_mode & bit_other)
+
+    real = path.resolve()
+    for parent in reversed(real.parents):
+        if not allowed(parent, 0o100, 0o010, 0o001):
+            return False
+    return allowed(real, 0o400, 0o040, 0o004)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A frozen overlay and the memory state of a settled guest on it."""
+
+    name: str
+    directory: Path
+    frozen: Path
+    state: Path
+
+
+class Hypervisor:
+    """Boots guests with libvirt on ``[vm] libvirt-uri``; picks KVM or TCG itself.
+
+    Parameters: ``config`` the ``[vm]`` section; ``worker_name`` the ``[worker] name``
+    (part of domain names, so workers sharing a host never reap each other's guests);
+    ``isolate`` installs the nftables isolation rules (needs root; tests of pure parts
+    may pass False).
+    Raises VMError when libvirt cannot be reached or isolation cannot be applied.
+    """
+
+    def __init__(self, config: VmConfig, worker_name: str, *, isolate: bool = True):
+        self.config = config
+        self.worker_name = worker_name
+        self.prefix = domain_prefix(worker_name)
+        self.accel: AccelChoice = choose_accel(config.accel, probe_host())
+        try:
+            user = pwd.getpwnam(config.qemu_user)
+        except KeyError:
+            raise VMError(f"vm.qemu-user: no such user {config.qemu_user!r}") from None
+        self.qemu_uid, self.qemu_gid = user.pw_uid, user.pw_gid
+        self._forwards = parse_forwards(config.forwards)
+        self._key: paramiko.PKey | None = None
+        self._start_lock = threading.Lock()
+        self._live: set[str] = set()
+        self._template_lock = threading.Lock()
+        self._templates: dict[tuple[str, str, int, str], _Template] = {}
+        self._template_serial = 0
+        self._log = _log.bind(worker=worker_name)
+        with map_libvirt_errors(f"connecting to {config.libvirt_uri}"):
+            self._conn = libvirt.open(config.libvirt_uri)
+        if isolate:
+            apply_isolation(self.qemu_uid, self._forwards)
+        self._log.info(
+            "hypervisor.ready",
+            accel=self.accel.accel,
+            reason=self.accel.reason,
+            uri=config.libvirt_uri,
+            isolation=isolate,
+            forwards=[f.port for f in self._forwards],
+        )
+
+    def ssh_key(self) -> paramiko.PKey:
+        if self._key is None:
+            self._key = load_private_key(self.config.ssh_key)
+        return self._key
+
+    # --- boot ---------------------------------------------------------------------------
+
+    def _prepare_directory(self, name: str, image: ImageInfo, *, backing: Path) -> Path:
+        work_dir = self.config.work_dir
+        if not work_dir.exists():
+            work_dir.mkdir(parents=True, mode=0o755)
+        directory = work_dir / name
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(mode=0o750)
+        for needed in (image.disk, image.kernel, image.initrd):
+            if needed is not None and not _readable_by(needed, self.qemu_uid, self.qemu_gid):
+                raise VMError(
+                    f"{needed}: not readable by {self.config.qemu_user} (qemu runs as that user; "
+                    "make the file world-readable and its directories world-executable)"
+                )
+        if not _readable_by(directory, self.qemu_uid, self.qemu_gid) and not _readable_by(
+            work_dir, self.qemu_uid, self.qemu_gid
+        ):
+            raise VMError(f"vm.work-dir: {work_dir} is not reachable by {self.config.qemu_user}")
+        overlay = directory / OVERLAY_NAME
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                str(image.disk),
+                str(overlay),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        os.chown(overlay, self.qemu_uid, self.qemu_gid)
+        os.chown(directory, self.qemu_uid, self.qemu_gid)
+        return directory
+
+    def _ports_in_use(self) -> set[int]:
+        ports: set[int] = set()
+        with map_libvirt_errors("listing domains"):
+            for dom in self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                with contextlib.suppress(libvirt.libvirtError):
+                    port = parse_hostfwd_port(dom.XMLDesc(0))
+                    if port is not None:
+                        ports.add(port)
+        return ports
+
+    def boot(self, image: ImageInfo, *, job_id: int, attempt: int) -> Guest:
+        """Start a fresh guest for this job attempt on a new overlay; returns at once (the
+        guest is booting: call ``wait_ready``). Raises VMError.
+
+        With ``[vm] snapshot-boot`` the guest is a copy of a settled guest's saved memory
+        (the first boot of an image saves it); any snapshot failure falls back to a cold
+        boot, logged."""
+        if image.kernel is None:
+            raise VMError(f"image {image.name} ({image.arch}) has no kernel for direct boot")
+        name = domain_name(self.worker_name, job_id, attempt)
+        # A domain of this very attempt (a worker restarted mid-job) goes first.
+        self._destroy_by_name(name)
+        if self.config.snapshot_boot:
+            template: _Template | None = None
+            try:
+                template = self._template_for(image)
+                return self._start(name, image, job_id, attempt, template=template)
+            except VMError as exc:
+                self._log.warning(
+                    "guest.snapshot_failed", domain=name, error=str(exc), fallback="cold boot"
+                )
+                if template is not None:
+                    self._forget(template)  # the next job saves a new one
+        return self._start(name, image, job_id, attempt)
+
+    def _start(
+        self,
+        name: str,
+        image: ImageInfo,
+        job_id: int,
+        attempt: int,
+        *,
+        template: _Template | None = None,
+    ) -> Guest:
+        assert image.kernel is not None
+        log = self._log.bind(job_id=job_id, attempt=attempt, domain=name)
+        backing = template.frozen if template is not None else image.disk
+        with map_libvirt_errors(f"{name}: preparing the overlay"):
+            t0 = time.monotonic()
+            directory = self._prepare_directory(name, image, backing=backing)
+            overlay_s = time.monotonic() - t0
+        last_error = ""
+        try:
+            for _ in range(PORT_ATTEMPTS):
+                with self._start_lock:
+                    port = pick_port(exclude=self._ports_in_use())
+                    spec = DomainSpec(
+                        name=name,
+                        accel=self.accel.accel,
+                        vcpus=self.config.vcpus,
+                        memory_bytes=self.config.memory,
+                        kernel=image.kernel,
+                        initrd=image.initrd,
+                        overlay=directory / OVERLAY_NAME,
+                        ssh_port=port,
+                        console_log=directory / CONSOLE_NAME,
+                        qemu_uid=self.qemu_uid,
+                        qemu_gid=self.qemu_gid,
+                        cmdline=image.cmdline or DEFAULT_CMDLINE,
+                        description=f"buildworker job {job_id} attempt {attempt} ({image.name})",
+                        genid=str(uuid.uuid4()),
+                        incoming=template is not None,
+                    )
+                    started = time.monotonic()
+                    flags = libvirt.VIR_DOMAIN_START_PAUSED if template is not None else 0
+                    try:
+                        domain = self._conn.createXML(render_domain_xml(spec), flags)
+                    except libvirt.libvirtError as exc:
+                        last_error = exc.get_error_message() or str(exc)
+                        if is_hostfwd_conflict(last_error):
+                            log.warning("guest.port_taken", port=port)
+                            continue
+                        raise VMError(f"{name}: starting the domain: {last_error}") from exc
+                    self._live.add(name)
+                if template is not None:
+                    try:
+                        load_state(domain, directory, template.state, timeout=120)
+                    except VMError:
+                        self._destroy(domain, name, directory)
+                        raise
+                log.info(
+                    "guest.booting",
+                    port=port,
+                    accel=self.accel.accel,
+                    image=image.name,
+                    arch=image.arch,
+                    snapshot=template is not None,
+                    overlay_s=round(overlay_s, 3),
+                    create_s=round(time.monotonic() - started, 3),
+                )
+                return Guest(
+                    ssh_key=self.ssh_key,
+                    teardown=self._destroy,
+                    domain=domain,
+                    domain_name=name,
+                    directory=directory,
+                    image=image,
+                    ssh_port=port,
+                    started=started,
+                    job_id=job_id,
+                    attempt=attempt,
+                    restored=template is not None,
+                )
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        shutil.rmtree(directory, ignore_errors=True)
+        raise VMError(f"{name}: no free SSH port after {PORT_ATTEMPTS} tries: {last_error}")
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def _template_for(self, image: ImageInfo) -> _Template:
+        """The saved state of a settled guest of ``image`` (made on first use, ~10-20 s)."""
+        stat = image.disk.stat()
+        key = (image.name, image.arch, stat.st_mtime_ns, image.host_key_fingerprint or "")
+        with self._template_lock:
+            template = self._templates.get(key)
+            if template is not None:
+                return template
+            self._template_serial += 1
+            name = f"{self.prefix}snap-{os.getpid()}-{self._template_serial}"
+            t0 = time.monotonic()
+            guest = self._start(name, image, 0, 0)
+            try:
+                conn = guest.wait_ready(self.config.settle_timeout)
+                conn.close()
+                guest.forget_connections()
+                time.sleep(1.0)  # let the guest's sshd for that login exit before saving
+                state = guest.directory / "state.bin"
+                size = save_state(
+                    guest.domain,
+                    guest.directory,
+                    state,
+                    uid=self.qemu_uid,
+                    gid=self.qemu_gid,
+                    timeout=120,
+                )
+                with map_libvirt_errors(f"{name}: stopping the template"):
+                    guest.domain.destroy()
+                    frozen = guest.directory / "frozen.qcow2"
+                    os.rename(guest.directory / OVERLAY_NAME, frozen)
+                    os.chmod(frozen, 0o444)  # the saved memory belongs to this disk
+            except BaseException:
+                guest.destroy()
+                raise
+            self._live.add(name)  # keeps reap_leftovers of this instance off it
+            template = _Template(name, guest.directory, frozen, state)
+            self._templates[key] = template
+            self._log.info(
+                "guest.snapshot_saved",
+                image=image.name,
+                arch=image.arch,
+                seconds=round(time.monotonic() - t0, 3),
+                state_bytes=size,
+            )
+            return template
+
+    # --- teardown -----------------------------------------------------------------------
+
+    def _destroy(self, domain: libvirt.virDomain | None, name: str, directory: Path) -> None:
+        try:
+            if domain is not None:
+                try:
+                    domain.destroy()
+                except libvirt.libvirtError as exc:
+                    if not _is_gone(exc):
+                        raise VMError(f"{name}: destroy: {exc.get_error_message()}") from exc
+            else:
+                self._destroy_by_name(name)
+        finally:
+            self._live.discard(name)
+        try:
+            shutil.rmtree(directory)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise VMError(f"{name}: removing {directory}: {exc}") from exc
+
+    def _destroy_by_name(self, name: str) -> bool:
+        try:
+            domain = self._conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if _is_gone(exc):
+                return False
+            raise VMError(f"{name}: lookup: {exc.get_error_message()}") from exc
+        try:
+            domain.destroy()
+        except libvirt.libvirtError as exc:
+            if not _is_gone(exc):
+                raise VMError(f"{name}: destroy: {exc.get_error_message()}") from exc
+        return True
+
+    def reap_leftovers(self) -> list[str]:
+        """Destroy this worker's domains and delete its overlay directories that a crashed
+        run left behind (not the guests this instance is running). Returns their names."""
+        reaped: list[str] = []
+        with map_libvirt_errors("reaping leftovers"):
+            for dom in self._conn.listAllDomains(0):
+                name = dom.name()
+                if name.startswith(self.prefix) and name not in self._live:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.destroy()
+                    reaped.append(name)
+            work_dir = self.config.work_dir
+            if work_dir.is_dir():
+                for child in work_dir.iterdir():
+                    if child.name.startswith(self.prefix) and child.name not in self._live:
+                        shutil.rmtree(child, ignore_errors=True)
+                        if child.name not in reaped:
+                            reaped.append(child.name)
+        if reaped:
+            self._log.warning("hypervisor.reaped", domains=reaped)
+        return reaped
+
+    def _forget(self, template: _Template) -> None:
+        with self._template_lock:
+            for key, value in list(self._templates.items()):
+                if value is template:
+                    del self._templates[key]
+            self._live.discard(template.name)
+        shutil.rmtree(template.directory, ignore_errors=True)
+
+    def discard_snapshots(self) -> list[Path]:
+        """Delete the saved snapshots (the next snapshot boot makes a new one)."""
+        with self._template_lock:
+            removed = [template.directory for template in self._templates.values()]
+            for template in self._templates.values():
+                shutil.rmtree(template.directory, ignore_errors=True)
+                self._live.discard(template.name)
+            self._templates.clear()
+        return removed
+
+    def close(self) -> None:
+        """Delete saved snapshots and close the libvirt connection."""
+        self.discard_snapshots()
+        with contextlib.suppress(libvirt.libvirtError):
+            self._conn.close()

@@ -1,0 +1,167 @@
+"""A running guest: settle it (SSH ready), read its console, destroy it.
+
+Created by ``Hypervisor.boot`` (``buildworker.guest.hypervisor``), which also re-exports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import libvirt
+import paramiko
+import structlog
+
+from buildworker.guest.errors import CommandCancelled, GuestError, SettleTimeout
+from buildworker.guest.images import ImageInfo
+from buildworker.guest.ssh import GuestConnection, connect_guest
+
+__all__ = ["CONSOLE_GATE_S", "CONSOLE_NAME", "Guest"]
+
+CONSOLE_NAME = "console.log"
+#: Longest wait for the image's console_ready line before probing SSH regardless.
+CONSOLE_GATE_S = 30.0
+CONSOLE_POLL_S = 0.05
+
+_log = structlog.get_logger()
+
+
+class Guest:
+    """A running VM. ``wait_ready`` settles it; ``destroy`` removes domain and overlay."""
+
+    def __init__(
+        self,
+        *,
+        ssh_key: Callable[[], paramiko.PKey],
+        teardown: Callable[[libvirt.virDomain, str, Path], None],
+        domain: libvirt.virDomain,
+        domain_name: str,
+        directory: Path,
+        image: ImageInfo,
+        ssh_port: int,
+        started: float,
+        job_id: int,
+        attempt: int,
+        restored: bool = False,
+    ):
+        self._ssh_key = ssh_key
+        self._teardown = teardown
+        #: started from a memory snapshot rather than booted
+        self.restored = restored
+        self._domain = domain
+        self.domain_name = domain_name
+        self.directory = directory
+        self.image = image
+        self.ssh_port = ssh_port
+        #: time.monotonic() just before the domain was started
+        self.started = started
+        self.console_log = directory / CONSOLE_NAME
+        self._destroyed = threading.Event()
+        self._connections: list[GuestConnection] = []
+        self._lock = threading.Lock()
+        self._log = _log.bind(job_id=job_id, attempt=attempt, domain=domain_name)
+
+    def wait_ready(self, timeout: float) -> GuestConnection:
+        """Block until SSH answers a command (host key checked); return that connection.
+
+        Raises SettleTimeout (with the tail of the serial console), HostKeyMismatch,
+        CommandCancelled if the guest is destroyed meanwhile, GuestError.
+        """
+        key = self._ssh_key()
+        deadline = time.monotonic() + timeout
+        if self.image.console_ready and not self.restored:
+            self._await_console(self.image.console_ready.encode(), deadline)
+        try:
+            conn = connect_guest(
+                self.ssh_port,
+                user=self.image.login_user,
+                key=key,
+                fingerprint=self.image.host_key_fingerprint,
+                timeout=max(1.0, deadline - time.monotonic()),
+                cancel=self._destroyed,
+                description=self.domain_name,
+            )
+        except SettleTimeout as exc:
+            raise SettleTimeout(f"{exc}; console: {self.console_tail()!r}") from exc
+        with self._lock:
+            if self._destroyed.is_set():
+                conn.close()
+                raise CommandCancelled(f"{self.domain_name}: destroyed while settling")
+            self._connections.append(conn)
+        if self.restored:
+            # The copy woke up with the clock of the moment its snapshot was saved.
+            status = conn.run(f"sudo -n date -u -s @{time.time():.6f} >/dev/null", pty=False)
+            if status != 0:
+                raise GuestError(f"{self.domain_name}: setting the clock failed ({status})")
+        self._log.info("guest.ready", seconds=round(time.monotonic() - self.started, 3))
+        return conn
+
+    def _await_console(self, marker: bytes, deadline: float) -> None:
+        """Wait until the serial console shows ``marker`` (the guest's network is up), at
+        most CONSOLE_GATE_S: probes made before that linger in QEMU's user-net and reach the
+        guest later, each starting an sshd that competes with the real login."""
+        give_up = min(deadline, time.monotonic() + CONSOLE_GATE_S)
+        while time.monotonic() < give_up:
+            if self._destroyed.is_set():
+                raise CommandCancelled(f"{self.domain_name}: destroyed while booting")
+            try:
+                with open(self.console_log, "rb") as fh:
+                    if marker in fh.read():
+                        return
+            except OSError:
+                pass
+            self._destroyed.wait(CONSOLE_POLL_S)
+        self._log.warning("guest.console_marker_missing", marker=marker.decode(errors="replace"))
+
+    def console_tail(self, size: int = 2000) -> str:
+        """The end of the serial console log (root can read it; qemu writes it)."""
+        try:
+            with open(self.console_log, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - size))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def qemu_rss_bytes(self) -> int | None:
+        """Resident memory of this guest's qemu process, or None if unknown."""
+        pidfile = Path("/run/libvirt/qemu") / f"{self.domain_name}.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            return None
+        return None
+
+    @property
+    def domain(self) -> libvirt.virDomain:
+        """The libvirt domain (for the hypervisor: snapshots, diagnostics)."""
+        return self._domain
+
+    def forget_connections(self) -> None:
+        """Drop (without closing) the connections handed out so far."""
+        with self._lock:
+            self._connections = []
+
+    @property
+    def destroyed(self) -> bool:
+        return self._destroyed.is_set()
+
+    def destroy(self) -> None:
+        """Close SSH, destroy the domain, delete the overlay directory. Idempotent.
+
+        Raises VMError only if the domain or directory could not be removed."""
+        with self._lock:
+            self._destroyed.set()
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(GuestError):
+                conn.close()
+        self._teardown(self._domain, self.domain_name, self.directory)
+        self._log.info("guest.destroyed")
