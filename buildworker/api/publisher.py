@@ -21,11 +21,9 @@ sent: a worker would only be refused at claim.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -35,6 +33,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.db.models import Job, Outbox, utcnow
+from buildworker.queue import (
+    DEAD_EXCHANGE,
+    DEAD_QUEUE,
+    JOBS_EXCHANGE,
+    JobMessage,
+    queue_arguments,
+    queue_name,
+    routing_key,
+)
 
 __all__ = [
     "DEAD_EXCHANGE",
@@ -47,9 +54,6 @@ __all__ = [
     "routing_key",
 ]
 
-JOBS_EXCHANGE = "buildworker.jobs"
-DEAD_EXCHANGE = "buildworker.dead"
-DEAD_QUEUE = "buildworker.dead"
 #: Rows taken per transaction; bounds the work redone after a crash mid-batch.
 BATCH_SIZE = 100
 #: First wait after a failed connection, in seconds; doubles up to the configured cap.
@@ -58,47 +62,11 @@ BACKOFF_START_S = 0.5
 _log = structlog.get_logger(__name__)
 
 
-def routing_key(image: str, arch: str) -> str:
-    return f"{image}@{arch}"
-
-
-def queue_name(image: str, arch: str) -> str:
-    return f"buildworker.jobs.{routing_key(image, arch)}"
-
-
-def queue_arguments() -> dict[str, Any]:
-    return {"x-dead-letter-exchange": DEAD_EXCHANGE}
-
-
 def backoff_delay(failures: int, cap_s: float, rand: Callable[[], float] = random.random) -> float:
     """Seconds to wait after ``failures`` consecutive failures (1, 2, ...): doubling from
     `BACKOFF_START_S`, capped at ``cap_s``, with up to 25% jitter taken off."""
     base = min(cap_s, BACKOFF_START_S * 2 ** max(0, failures - 1))
     return base * (1 - 0.25 * rand())
-
-
-@dataclass(frozen=True)
-class JobMessage:
-    """What goes on the queue: ids only, never the manifest or its secrets."""
-
-    job_id: int
-    attempt: int
-    image: str
-    arch: str
-
-    @property
-    def message_id(self) -> str:
-        return f"{self.job_id}.{self.attempt}"
-
-    def body(self) -> bytes:
-        return json.dumps(
-            {"job_id": self.job_id, "attempt": self.attempt, "image": self.image, "arch": self.arch}
-        ).encode()
-
-    @classmethod
-    def from_body(cls, body: bytes) -> JobMessage:
-        data = json.loads(body)
-        return cls(int(data["job_id"]), int(data["attempt"]), str(data["image"]), str(data["arch"]))
 
 
 class OutboxPublisher:

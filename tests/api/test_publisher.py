@@ -38,7 +38,7 @@ def test_message_body_round_trips_and_carries_ids_only() -> None:
         "image": "debian/bookworm",
         "arch": "amd64",
     }
-    assert JobMessage.from_body(message.body()) == message
+    assert JobMessage.decode(message.body()) == message
     assert message.message_id == "7.2"
 
 

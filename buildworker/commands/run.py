@@ -1,0 +1,172 @@
+"""`buildworker run manifest.yml`: the build pipeline on this machine, no API, no broker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from buildworker.config import load_config
+from buildworker.log import configure_logging
+from buildworker.manifest import ManifestError, parse_manifest
+from buildworker.worker.context import SECRET_TYPES, CancelToken, JobSpec, SecretMaterial
+from buildworker.worker.report import TerminalReporter
+from buildworker.worker.runner import BuildRunner, RunnerSettings
+
+NAME = "run"
+HELP = "run a build manifest in a fresh local VM and print its logs (exit 0/1/2)"
+
+#: Exit codes of `buildworker run`.
+EXIT_SUCCESS = 0
+EXIT_BUILD_FAILED = 1
+EXIT_SETUP_ERROR = 2
+
+
+class UsageError(ValueError):
+    """A bad command-line value; the message names the option."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", type=Path, help="the build manifest (YAML)")
+    parser.add_argument("--images", type=Path, default=None, help="images directory")
+    parser.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME=FILE[,type=T][,path=P][,mode=M]",
+        help="a secret from a file; type ssh_key|pgp_key|plaintext_file (guessed when absent);"
+        " plaintext files need path= (mode defaults to 600)",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="K=V", help="extra environment variable"
+    )
+    parser.add_argument(
+        "--artifacts", type=Path, default=None, metavar="DIR", help="copy artifacts here"
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="worker events on stderr")
+
+
+def guess_secret_type(data: bytes) -> str:
+    head = data.lstrip()[:64]
+    if head.startswith(b"-----BEGIN PGP"):
+        return "pgp_key"
+    if head.startswith(b"-----BEGIN") and b"PRIVATE KEY" in head:
+        return "ssh_key"
+    return "plaintext_file"
+
+
+def parse_secret(text: str) -> SecretMaterial:
+    """``NAME=FILE[,type=T][,path=P][,mode=M]`` → a secret.
+
+    Raises:
+        UsageError: naming ``--secret`` and what is wrong.
+    """
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise UsageError(f"--secret {text!r}: expected NAME=FILE")
+    file_part, *options = rest.split(",")
+    opts: dict[str, str] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key not in ("type", "path", "mode"):
+            raise UsageError(f"--secret {name}: unknown option {option!r} (type, path, mode)")
+        opts[key] = value
+    try:
+        data = Path(file_part).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--secret {name}: {file_part}: {exc.strerror}") from None
+    kind = opts.get("type") or guess_secret_type(data)
+    if kind not in SECRET_TYPES:
+        raise UsageError(f"--secret {name}: type must be one of {', '.join(SECRET_TYPES)}")
+    path = opts.get("path")
+    if kind == "plaintext_file" and not path:
+        raise UsageError(f"--secret {name}: a plaintext_file secret needs path=GUEST_PATH")
+    try:
+        mode = int(opts.get("mode", "600"), 8)
+    except ValueError:
+        raise UsageError(f"--secret {name}: mode must be octal, such as 600") from None
+    return SecretMaterial(uuid=name, name=name, type=kind, data=data, path=path, mode=mode)
+
+
+def parse_env(items: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--env {item!r}: expected NAME=VALUE with a shell variable name")
+        env[key] = value
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log.format == "json", "info" if args.verbose else "warning")
+    try:
+        text = args.manifest.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"buildworker run: {args.manifest}: {exc}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    try:
+        manifest = parse_manifest(text)
+        secrets = tuple(parse_secret(item) for item in args.secret)
+        env = parse_env(args.env)
+    except ManifestError as exc:
+        print(f"buildworker run: {args.manifest}: {exc}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    except UsageError as exc:
+        print(f"buildworker run: {exc}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    for warning in manifest.warnings:
+        print(f"buildworker run: warning: {warning}", file=sys.stderr)
+
+    # Imported here so `buildworker --help` works on a host without libvirt.
+    from buildworker.guest.hypervisor import Hypervisor
+    from buildworker.guest.images import ImageCatalogue
+
+    catalogue = ImageCatalogue(args.images or config.worker.images)
+    vms = Hypervisor(config.vm, worker_name=f"{config.worker.name}-run")
+    settings = RunnerSettings(
+        settle_timeout_s=config.vm.settle_timeout,
+        log_flush_s=config.worker.log_flush,
+        max_log_bytes=config.worker.max_log_size,
+        max_artifact_bytes=config.api.max_artifact_size,
+    )
+    spec = JobSpec(
+        job_id=os.getpid(),
+        attempt=1,
+        manifest=manifest,
+        secrets=secrets,
+        job_url=f"file://{args.manifest.resolve()}",
+        timeout_s=config.worker.timeout,
+        extra_env=env,
+    )
+    reporter = TerminalReporter(sys.stdout.buffer, args.artifacts, color=sys.stdout.isatty())
+    cancel = CancelToken()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # First signal: cancel the build (the VM is still torn down); second: stop now.
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        print("\nbuildworker run: cancelling (again to abort)", file=sys.stderr)
+        cancel.cancel("cancelled")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = BuildRunner(catalogue, vms, settings).run(spec, reporter, cancel)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    summary = ", ".join(f"{name}: {status}" for name, status in result.task_statuses.items())
+    print(
+        f"buildworker run: {result.status}"
+        + (f" ({result.reason})" if result.reason and result.status != "success" else "")
+        + (f"; tasks {summary}" if summary else ""),
+        file=sys.stderr,
+    )
+    if result.status == "success":
+        return EXIT_SUCCESS
+    return EXIT_SETUP_ERROR if result.setup_error else EXIT_BUILD_FAILED

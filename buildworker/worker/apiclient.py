@@ -1,0 +1,293 @@
+"""Client of the internal worker API (``/api/internal``), on httpx, retrying with backoff.
+
+Every call of that API is idempotent, so every call here is retried on transport errors,
+5xx and 429 until ``retry_budget_s`` runs out: a build keeps running while the API restarts
+and its log chunks land when it is back. Answers that retrying cannot change are raised at
+once as typed errors (:class:`Unauthorized`, :class:`NotFound`, :class:`Conflict`,
+:class:`TooLarge`); no httpx exception escapes this module.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any
+
+import httpx
+import structlog
+
+from buildworker.worker.backoff import compute_backoff
+from buildworker.worker.errors import InfraError
+from buildworker.worker.logs import SETUP_LOG
+
+__all__ = [
+    "ApiError",
+    "Conflict",
+    "InternalApi",
+    "NotFound",
+    "TooLarge",
+    "Unauthorized",
+    "is_retryable_status",
+]
+
+#: Default time one call keeps retrying before it gives up, in seconds.
+RETRY_BUDGET_S = 300.0
+#: Bytes per read when streaming an artifact body.
+UPLOAD_BLOCK = 256 * 1024
+
+
+class ApiError(InfraError):
+    """The internal API refused or could not be reached. ``status`` is the HTTP status
+    (None for a transport error), ``body`` the decoded JSON answer when there was one."""
+
+    def __init__(self, message: str, status: int | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class Unauthorized(ApiError):
+    """401/403: the worker token is wrong; retrying will not help."""
+
+
+class NotFound(ApiError):
+    """404: unknown job."""
+
+
+class Conflict(ApiError):
+    """409: the attempt is not (or no longer) ours, or a log offset left a gap."""
+
+
+class TooLarge(ApiError):
+    """413: the artifact is over the API's size cap."""
+
+
+def is_retryable_status(status: int) -> bool:
+    """Whether an HTTP status may change on a later try (5xx, 429, 408)."""
+    return status >= 500 or status in (408, 429)
+
+
+_ERRORS: Mapping[int, type[ApiError]] = {
+    401: Unauthorized,
+    403: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+}
+
+
+class InternalApi:
+    """The internal API seen from a worker.
+
+    Parameters:
+        base_url: the API origin (``[worker] api-url``).
+        token: the worker token (``[worker] token``).
+        retry_budget_s: how long one call retries transient failures, in seconds.
+        stop: when set, retries give up early (the daemon is stopping at once).
+        transport: an httpx transport (tests inject failures with one).
+        sleep: how to wait between tries (injectable clock).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        retry_budget_s: float = RETRY_BUDGET_S,
+        timeout_s: float = 30.0,
+        stop: threading.Event | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/") + "/api/internal",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            transport=transport,
+        )
+        self.retry_budget_s = retry_budget_s
+        self._stop = stop or threading.Event()
+        self._sleep = sleep or self._stop.wait
+        self._log = structlog.get_logger().bind(component="apiclient")
+        self.retries = 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        content: Callable[[], bytes | Iterator[bytes]] | None = None,
+        budget_s: float | None = None,
+    ) -> httpx.Response:
+        """One call, retried until it gets an answer retrying cannot change.
+
+        Raises:
+            ApiError: (a subclass for 401/403/404/409/413) the answer, or the last
+                transport error once the budget is spent.
+        """
+        deadline = time.monotonic() + (self.retry_budget_s if budget_s is None else budget_s)
+        attempt = 0
+        while True:
+            try:
+                response = self._client.request(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    content=content() if content is not None else None,
+                )
+            except httpx.HTTPError as exc:
+                failure: ApiError = ApiError(f"{method} {path}: {type(exc).__name__}: {exc}")
+            else:
+                if response.status_code < 400:
+                    return response
+                body = _json_or_none(response)
+                message = f"{method} {path}: HTTP {response.status_code}: {_errors_text(body)}"
+                if not is_retryable_status(response.status_code):
+                    cls = _ERRORS.get(response.status_code, ApiError)
+                    raise cls(message, response.status_code, body)
+                failure = ApiError(message, response.status_code, body)
+            delay = compute_backoff(attempt, base_s=0.2, max_s=5.0)
+            if time.monotonic() + delay > deadline or self._stop.is_set():
+                raise failure
+            self.retries += 1
+            self._log.warning("api_retry", path=path, attempt=attempt, error=str(failure))
+            self._sleep(delay)
+            attempt += 1
+
+    # -- the contract ----------------------------------------------------------------------
+
+    def register(self, name: str, images: list[dict[str, Any]]) -> None:
+        self._request("POST", "/workers", json={"name": name, "images": images})
+
+    def claim(self, job_id: int, worker: str, attempt: int) -> dict[str, Any]:
+        response = self._request(
+            "POST", f"/jobs/{job_id}/claim", json={"worker": worker, "attempt": attempt}
+        )
+        data = response.json()
+        if not isinstance(data, dict):
+            raise ApiError(f"claim of job {job_id}: expected a JSON object")
+        return data
+
+    def heartbeat(self, job_id: int, attempt: int, *, budget_s: float | None = None) -> bool:
+        """Renews the lease; returns whether the job was cancelled."""
+        response = self._request(
+            "POST", f"/jobs/{job_id}/heartbeat", json={"attempt": attempt}, budget_s=budget_s
+        )
+        return bool(_json_or_none(response, {}).get("cancelled", False))
+
+    def task_status(self, job_id: int, attempt: int, name: str, status: str) -> None:
+        self._request(
+            "PUT", f"/jobs/{job_id}/tasks/{name}", json={"attempt": attempt, "status": status}
+        )
+
+    def append_log(self, job_id: int, attempt: int, log: str, offset: int, data: bytes) -> int:
+        """Append ``data`` at ``offset`` to the setup log (``SETUP_LOG``) or a task's log;
+        returns the log's size after it.
+
+        A 409 whose current size already covers part of the chunk (a retry of a chunk that
+        did land) resends only the rest.
+
+        Raises:
+            Conflict: the API has fewer bytes than ``offset`` (a gap) or the attempt is gone.
+        """
+        while True:
+            try:
+                response = self._request(
+                    "PUT",
+                    # A task's log has its own path: a task may be called "setup" too.
+                    f"/jobs/{job_id}/logs/setup"
+                    if log == SETUP_LOG
+                    else f"/jobs/{job_id}/tasks/{log}/log",
+                    params={"offset": offset, "attempt": attempt},
+                    content=lambda chunk=data: chunk,  # type: ignore[misc]
+                )
+            except Conflict as exc:
+                size = _size_of(exc.body)
+                if size is None or size < offset:
+                    raise
+                if size >= offset + len(data):
+                    return size
+                data, offset = data[size - offset :], size
+                continue
+            return int(_json_or_none(response, {}).get("size", offset + len(data)))
+
+    def upload_artifact(
+        self, job_id: int, attempt: int, guest_path: str, source: IO[bytes], size: int
+    ) -> str:
+        """Stream one artifact; returns its URL. ``source`` must be seekable (retries)."""
+
+        def body() -> Iterator[bytes]:
+            source.seek(0)
+            while block := source.read(UPLOAD_BLOCK):
+                yield block
+
+        response = self._request(
+            "PUT",
+            f"/jobs/{job_id}/artifacts",
+            params={"attempt": attempt, "path": guest_path},
+            content=body,
+        )
+        data = _json_or_none(response, {})
+        return str(data.get("url", ""))
+
+    def finish(
+        self,
+        job_id: int,
+        attempt: int,
+        status: str,
+        reason: str | None = None,
+        infrastructure: bool = False,
+    ) -> None:
+        self._request(
+            "POST",
+            f"/jobs/{job_id}/finish",
+            json={
+                "attempt": attempt,
+                "status": status,
+                "reason": reason,
+                "infrastructure": infrastructure,
+            },
+        )
+
+    def release(self, job_id: int, attempt: int, reason: str) -> None:
+        self._request(
+            "POST", f"/jobs/{job_id}/release", json={"attempt": attempt, "reason": reason}
+        )
+
+
+def _json_or_none(response: httpx.Response, default: Any = None) -> Any:
+    try:
+        data = response.json()
+    except ValueError:
+        return default
+    return data if data is not None else default
+
+
+def _errors_text(body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("errors"), list):
+        parts = []
+        for err in body["errors"]:
+            if isinstance(err, dict):
+                field = err.get("field")
+                parts.append(f"{field}: {err.get('reason')}" if field else str(err.get("reason")))
+        if parts:
+            return "; ".join(parts)
+    return str(body)[:200] if body is not None else "(no body)"
+
+
+def _size_of(body: Any) -> int | None:
+    """The current log size a 409 carries (``{"size": N}``, possibly next to ``errors``)."""
+    if isinstance(body, dict):
+        size = body.get("size")
+        if isinstance(size, int):
+            return size
+    return None

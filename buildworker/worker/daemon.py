@@ -1,0 +1,324 @@
+"""The worker process: build slots fed by the consumer, a heartbeat per job, the signal ladder.
+
+A delivery arrives on the consumer thread and gets a slot thread of its own (the consumer
+only delivers while a slot is free). The slot claims the job over the internal API, and only
+then asks the consumer to ack; a refused claim (unknown job, attempt already claimed or
+finished, job cancelled) dead-letters the delivery with the reason; an API that cannot be
+reached requeues it. While the build runs, a heartbeat thread renews the lease and turns a
+cancel seen in its answer into a stop of the build. ``finish`` is sent after the VM is gone.
+
+Shutdown ladder: the first SIGTERM (or :meth:`Daemon.drain`) stops consuming, lets running
+builds finish for up to ``[worker] drain-timeout``, then cancels them and releases their
+leases so they requeue. A second SIGTERM, or SIGINT, stops at once (cancel + release). VMs
+are torn down in every case (the runner's ``finally``).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from buildworker.config import Config
+from buildworker.manifest import ManifestError, parse_manifest
+from buildworker.worker.apiclient import ApiError, Conflict, InternalApi, NotFound, Unauthorized
+from buildworker.worker.consumer import Consumer, Delivery
+from buildworker.worker.context import CancelToken, JobSpec, SecretMaterial
+from buildworker.worker.interfaces import Catalogue, VmHost
+from buildworker.worker.logs import SETUP_LOG
+from buildworker.worker.metrics import WorkerMetrics
+from buildworker.worker.redact import NeedleSet
+from buildworker.worker.report import ApiReporter
+from buildworker.worker.runner import BuildRunner, RunnerSettings
+
+__all__ = ["EXIT_KILLED", "EXIT_OK", "Daemon", "routes_of"]
+
+EXIT_OK = 0
+EXIT_UNAUTHORIZED = 3
+EXIT_KILLED = 4
+#: Seconds between heartbeats; a cancel is seen within this (plus the API round trip).
+HEARTBEAT_S = 1.0
+#: Cancel reasons that end in ``release`` (the job requeues) instead of ``finish``.
+RELEASE_REASONS = ("drain",)
+
+
+def routes_of(served: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(image, arch) pairs from ``ImageCatalogue.served()``, aliases included."""
+    return [(entry["image"], arch) for entry in served for arch in entry.get("arches", [])]
+
+
+@dataclass
+class _Running:
+    job_id: int
+    attempt: int
+    cancel: CancelToken
+    thread: threading.Thread
+    started: float = field(default_factory=time.monotonic)
+
+
+class Daemon:
+    """One worker process.
+
+    Parameters:
+        config: the whole config (worker, broker, vm, api sections are read).
+        catalogue: images this host serves (``served()`` is registered with the API).
+        vms: boots guests.
+        api: the internal API client.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        catalogue: Catalogue,
+        vms: VmHost,
+        api: InternalApi,
+        *,
+        metrics: WorkerMetrics | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        log_needles: NeedleSet | None = None,
+    ) -> None:
+        self._config = config
+        self._catalogue = catalogue
+        self._api = api
+        self._name = config.worker.name
+        self._slots = max(1, config.worker.slots)
+        self._heartbeat_s = heartbeat_s
+        self.metrics = metrics or WorkerMetrics()
+        self._runner = BuildRunner(
+            catalogue,
+            vms,
+            RunnerSettings(
+                settle_timeout_s=config.vm.settle_timeout,
+                log_flush_s=config.worker.log_flush,
+                max_log_bytes=config.worker.max_log_size,
+                max_artifact_bytes=config.api.max_artifact_size,
+            ),
+            log_needles=log_needles,
+        )
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._running: dict[int, _Running] = {}
+        self._threads: list[threading.Thread] = []
+        self._draining = threading.Event()
+        self._stop_now = threading.Event()
+        self._consumer: Consumer | None = None
+        self.jobs_done = 0
+        self._log = structlog.get_logger().bind(worker=self._name)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register with the API, start metrics and the consumer (returns at once)."""
+        served_fn = getattr(self._catalogue, "served", None)
+        served: list[dict[str, Any]] = served_fn() if served_fn is not None else []
+        self._api.register(self._name, served)
+        routes = routes_of(served)
+        if not routes:
+            raise RuntimeError("this host serves no images: nothing to consume")
+        self.metrics.slots.set(self._slots)
+        self._consumer = Consumer(
+            self._config.broker.url,
+            routes,
+            self._on_delivery,
+            capacity=self._slots,
+            heartbeat_s=self._config.broker.heartbeat,
+            reconnect_max_s=self._config.broker.reconnect_max,
+        ).start()
+        self._log.info("worker_started", slots=self._slots, routes=[f"{i}@{a}" for i, a in routes])
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM: drain (second: stop now); SIGINT: stop now. Handlers only set events."""
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            if self._draining.is_set():
+                self._stop_now.set()
+            self._draining.set()
+
+        def on_int(signum: int, frame: FrameType | None) -> None:
+            self._draining.set()
+            self._stop_now.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
+
+    def drain(self) -> None:
+        self._draining.set()
+
+    def stop_now(self) -> None:
+        self._draining.set()
+        self._stop_now.set()
+
+    def run_until_stopped(self) -> int:
+        """Block until drained (or stopped); returns the exit code."""
+        while not self._draining.wait(0.5):
+            pass
+        self._log.info("worker_draining", running=list(self._running))
+        if self._consumer is not None:
+            self._consumer.pause()
+        deadline = time.monotonic() + self._config.worker.drain_timeout
+        while self._has_running() and not self._stop_now.is_set():
+            if time.monotonic() >= deadline:
+                self._log.warning("drain_timeout", running=list(self._running))
+                break
+            self._stop_now.wait(0.2)
+        for running in self._snapshot():
+            running.cancel.cancel("drain")
+        for thread in list(self._threads):
+            thread.join()
+        if self._consumer is not None:
+            self._consumer.stop()
+        self._log.info("worker_stopped", jobs_done=self.jobs_done)
+        return EXIT_KILLED if self._stop_now.is_set() else EXIT_OK
+
+    def _has_running(self) -> bool:
+        with self._lock:
+            return self._busy > 0
+
+    def _snapshot(self) -> list[_Running]:
+        with self._lock:
+            return list(self._running.values())
+
+    # -- deliveries ------------------------------------------------------------------------
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        """On the consumer thread: hand the delivery to a slot thread at once."""
+        with self._lock:
+            self._busy += 1
+        thread = threading.Thread(
+            target=self._slot, args=(delivery,), name=f"slot-{delivery.tag}", daemon=True
+        )
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _free_slot(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            free = self._slots - self._busy
+        if self._consumer is not None and not self._draining.is_set():
+            self._consumer.set_capacity(free)
+
+    def _slot(self, delivery: Delivery) -> None:
+        assert self._consumer is not None and delivery.message is not None
+        message = delivery.message
+        log = self._log.bind(job_id=message.job_id, attempt=message.attempt)
+        try:
+            if self._draining.is_set():
+                self._consumer.requeue(delivery)
+                self.metrics.deliveries.labels(outcome="requeue").inc()
+                return
+            try:
+                claim = self._api.claim(message.job_id, self._name, message.attempt)
+            except (Conflict, NotFound) as exc:
+                reason = f"job {message.job_id} attempt {message.attempt}: {exc}"
+                log.info("claim_refused", reason=str(exc))
+                self._consumer.dead_letter(delivery, reason)
+                self.metrics.deliveries.labels(outcome="dead").inc()
+                return
+            except Unauthorized as exc:
+                log.error("worker_token_refused", error=str(exc))
+                self._consumer.requeue(delivery)
+                self.stop_now()
+                return
+            except ApiError as exc:
+                log.warning("claim_failed", error=str(exc))
+                self._consumer.requeue(delivery)
+                self.metrics.deliveries.labels(outcome="requeue").inc()
+                return
+            # Acked only now: a redelivery of this message will find the attempt claimed.
+            self._consumer.ack(delivery)
+            self.metrics.deliveries.labels(outcome="ack").inc()
+            self._build(message.job_id, message.attempt, claim, log)
+        except Exception:  # a bug of ours must not take the slot down silently
+            log.exception("slot_crashed")
+        finally:
+            self._free_slot()
+
+    def _build(self, job_id: int, attempt: int, claim: dict[str, Any], log: Any) -> None:
+        cancel = CancelToken()
+        running = _Running(job_id, attempt, cancel, threading.current_thread())
+        with self._lock:
+            self._running[job_id] = running
+        self.metrics.started.inc()
+        self.metrics.running.inc()
+        heartbeat = threading.Thread(
+            target=self._heartbeat, args=(running, log), name=f"heartbeat-{job_id}", daemon=True
+        )
+        heartbeat.start()
+        reporter = ApiReporter(self._api, job_id, attempt)
+        try:
+            try:
+                spec = self._spec_from_claim(job_id, attempt, claim)
+            except (ManifestError, ValueError) as exc:
+                log.error("claim_unusable", error=str(exc))
+                self._api.append_log(job_id, attempt, SETUP_LOG, 0, f"Error: {exc}\n".encode())
+                self._api.finish(job_id, attempt, "failed", str(exc), False)
+                return
+            result = self._runner.run(spec, reporter, cancel)
+            self.metrics.log_chunks_failed.inc(result.failed_chunks)
+            if result.boot_s is not None:
+                self.metrics.settle.labels(
+                    image=spec.manifest.image, arch=spec.manifest.arch or "default"
+                ).observe(result.boot_s)
+            if result.infrastructure:
+                self.metrics.infra_failures.inc()
+            if cancel.reason in RELEASE_REASONS:
+                log.info("job_released", reason=cancel.reason)
+                self._api.release(job_id, attempt, "worker draining")
+                return
+            if cancel.reason == "lease-lost":
+                log.warning("job_abandoned", reason="the lease was lost")
+                return
+            self._api.finish(job_id, attempt, result.status, result.reason, result.infrastructure)
+            self.metrics.finished.labels(result=result.status).inc()
+            self.metrics.duration.labels(result=result.status).observe(
+                time.monotonic() - running.started
+            )
+            with self._lock:
+                self.jobs_done += 1
+        except ApiError as exc:
+            log.error("report_failed", error=str(exc))
+        finally:
+            cancel.event.set()  # also stops the heartbeat loop
+            heartbeat.join()
+            self.metrics.running.dec()
+            with self._lock:
+                self._running.pop(job_id, None)
+
+    def _spec_from_claim(self, job_id: int, attempt: int, claim: dict[str, Any]) -> JobSpec:
+        manifest = parse_manifest(str(claim.get("manifest") or ""))
+        secrets = tuple(SecretMaterial.from_claim(item) for item in claim.get("secrets") or [])
+        timeout = claim.get("timeout_seconds")
+        return JobSpec(
+            job_id=job_id,
+            attempt=attempt,
+            manifest=manifest,
+            secrets=secrets,
+            job_url=str(claim.get("job_url") or ""),
+            owner=str(claim.get("owner") or ""),
+            timeout_s=float(timeout) if timeout else self._config.worker.timeout,
+        )
+
+    def _heartbeat(self, running: _Running, log: Any) -> None:
+        """Renew the lease until the build ends; turn a cancel into a stop of the build."""
+        while not running.cancel.event.wait(self._heartbeat_s):
+            try:
+                cancelled = self._api.heartbeat(
+                    running.job_id, running.attempt, budget_s=self._config.api.lease / 2
+                )
+            except Conflict:
+                log.warning("lease_lost")
+                running.cancel.cancel("lease-lost")
+                return
+            except ApiError as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+                continue
+            if cancelled:
+                log.info("job_cancelled_by_api")
+                running.cancel.cancel("cancelled")
+                return

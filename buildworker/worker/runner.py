@@ -1,0 +1,299 @@
+"""One build from start to end: image → boot and settle (retried once) → steps → teardown.
+
+Shared by the daemon (reporter = the internal API) and `buildworker run` (the terminal). The
+runner never talks to the broker or claims anything: the caller hands it a :class:`JobSpec`
+and reports the returned :class:`BuildResult` (``finish``) after the VM is gone, because
+"once we tell the API we're finished it might assign us new work" (Buildkite).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+
+from buildworker.worker import pipeline
+from buildworker.worker.context import BuildContext, BuildResult, CancelToken, JobSpec, Reporter
+from buildworker.worker.errors import (
+    BootError,
+    BuildFailed,
+    Cancelled,
+    InfraError,
+    SetupError,
+)
+from buildworker.worker.interfaces import BootedGuest, Catalogue, GuestSession, Image, VmHost
+from buildworker.worker.logs import SETUP_LOG, LogStreamer, setup_line
+from buildworker.worker.redact import NeedleSet
+
+__all__ = ["BuildRunner", "RunnerSettings"]
+
+_STOP_LINES = {
+    "cancelled": "Build cancelled.",
+    "timeout": "Build timed out.",
+    "drain": "Build stopped: this worker is shutting down; the job will run again.",
+}
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """Tunables of one build, in seconds and bytes (built once from worker.conf)."""
+
+    settle_timeout_s: float = 120.0
+    log_flush_s: float = 0.25
+    max_log_bytes: int = 64 * 1024**2
+    max_artifact_bytes: int = 1024**3
+    #: Boot attempts for one build: a VM that fails to boot or settle is replaced once.
+    boot_attempts: int = 2
+
+
+class BuildRunner:
+    """Runs builds on one host.
+
+    Parameters:
+        catalogue: resolves the manifest's image and arch.
+        vms: boots guests.
+        settings: timeouts and caps.
+    """
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        vms: VmHost,
+        settings: RunnerSettings,
+        *,
+        log_needles: NeedleSet | None = None,
+    ) -> None:
+        self._catalogue = catalogue
+        self._vms = vms
+        self._settings = settings
+        # The process-wide needles our own structlog output is masked with (see
+        # redact.structlog_masker): a job's secrets are in it while the job runs.
+        self._log_needles = log_needles
+
+    def run(
+        self, spec: JobSpec, reporter: Reporter, cancel: CancelToken | None = None
+    ) -> BuildResult:
+        """Run one build; never raises for anything the build or the VM did."""
+        cancel = cancel or CancelToken()
+        log = structlog.get_logger().bind(job_id=spec.job_id, attempt=spec.attempt)
+        needles = NeedleSet()
+        added: list[bytes] = []
+        for secret in spec.secrets:
+            needles.add(secret.data, secret.name or secret.uuid)
+            if self._log_needles is not None:
+                added += self._log_needles.add(secret.data, secret.name or secret.uuid)
+        try:
+            return self._run(spec, reporter, cancel, needles, log)
+        finally:
+            if self._log_needles is not None:
+                self._log_needles.discard(added)
+
+    def _run(
+        self,
+        spec: JobSpec,
+        reporter: Reporter,
+        cancel: CancelToken,
+        needles: NeedleSet,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> BuildResult:
+        logs = LogStreamer(
+            reporter,
+            needles,
+            max_bytes=self._settings.max_log_bytes,
+            flush_interval_s=self._settings.log_flush_s,
+        ).start()
+        setup = logs.open(SETUP_LOG)
+
+        def say(message: str) -> None:
+            setup.write(setup_line(spec.job_id, message))
+
+        for name in needles.too_short:
+            say(f"Warning: secret {name} is too short to be masked in logs")
+        started = time.monotonic()
+        deadline = started + spec.timeout_s
+        timer = threading.Timer(spec.timeout_s, cancel.cancel, args=("timeout",))
+        timer.daemon = True
+        timer.start()
+        guest: BootedGuest | None = None
+        conn: GuestSession | None = None
+        ctx: BuildContext | None = None
+        result: BuildResult
+        boot_s: float | None = None
+        try:
+            try:
+                image = self._catalogue.resolve(spec.manifest.image, spec.manifest.arch)
+            except Exception as exc:
+                raise SetupError(str(exc)) from exc
+            guest, conn, boot_s = self._boot(spec, image, cancel, deadline, say, log)
+            ctx = BuildContext(
+                spec=spec,
+                image=image,
+                conn=conn,
+                logs=logs,
+                reporter=reporter,
+                cancel=cancel,
+                deadline=deadline,
+                max_artifact_bytes=self._settings.max_artifact_bytes,
+                log=log,
+            )
+            pipeline.run_steps(ctx)
+            result = BuildResult("success")
+        except SetupError as exc:
+            say(f"Error: {exc}")
+            result = BuildResult("failed", str(exc), setup_error=True)
+        except BuildFailed as exc:
+            result = BuildResult("failed", str(exc))
+        except Cancelled as exc:
+            say(_STOP_LINES.get(exc.reason, f"Build stopped ({exc.reason})."))
+            result = BuildResult(exc.reason, str(exc))
+        except InfraError as exc:
+            reason = cancel.reason
+            if reason is not None:  # the guest went away because we stopped it
+                result = BuildResult(reason, f"build {reason}")
+            else:
+                say(f"Error: {exc}")
+                result = BuildResult(
+                    "failed", str(exc), infrastructure=True, setup_error=isinstance(exc, BootError)
+                )
+        except Exception as exc:  # a bug of ours: report it as such, never crash the slot
+            log.exception("build_crashed")
+            say(f"Error: internal error in the worker: {type(exc).__name__}: {exc}")
+            result = BuildResult("failed", f"internal error: {exc}", infrastructure=True)
+        finally:
+            timer.cancel()
+            self._teardown(guest, conn, log)
+        if ctx is not None:
+            self._settle_task_statuses(ctx, result)
+            statuses = dict(ctx.task_statuses)
+            first = ctx.first_task_byte_at
+        else:
+            statuses, first = {}, None
+        say(f"Build {result.status}." if result.status != "success" else "Build complete.")
+        logs.close()
+        log.info(
+            "build_finished",
+            status=result.status,
+            reason=result.reason,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        return replace(
+            result,
+            task_statuses=statuses,
+            boot_s=boot_s,
+            first_task_byte_s=None if first is None else first - started,
+            failed_chunks=logs.failed_chunks,
+        )
+
+    def _boot(
+        self,
+        spec: JobSpec,
+        image: Image,
+        cancel: CancelToken,
+        deadline: float,
+        say: Callable[[str], None],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> tuple[BootedGuest, GuestSession, float]:
+        """Boot and settle, on a fresh VM once more if the first fails.
+
+        Raises:
+            BootError: no VM answered after every attempt.
+            Cancelled: the build was cancelled or timed out meanwhile.
+        """
+        last: Exception | None = None
+        for try_no in range(1, self._settings.boot_attempts + 1):
+            cancel.raise_if_set()
+            t0 = time.monotonic()
+            say(f"Booting image {image.name} ({image.arch})")
+            guest: BootedGuest | None = None
+            try:
+                guest = self._vms.boot(image, job_id=spec.job_id, attempt=spec.attempt)
+                say("Waiting for guest to settle")
+                budget = min(self._settings.settle_timeout_s, max(0.0, deadline - time.monotonic()))
+                conn = self._wait_ready(guest, budget, cancel, log)
+            except Cancelled:
+                if guest is not None:
+                    self._teardown(guest, None, log)
+                raise
+            except Exception as exc:
+                last = exc
+                log.warning("boot_failed", try_no=try_no, error=str(exc))
+                say(f"Error: the VM did not boot or settle: {exc}")
+                if guest is not None:
+                    self._teardown(guest, None, log)
+                cancel.raise_if_set()
+                if try_no < self._settings.boot_attempts:
+                    say("Retrying on a fresh VM")
+                continue
+            settle = time.monotonic() - t0
+            say(f"Guest settled in {settle:.1f}s")
+            log.info("guest_ready", domain=guest.domain_name, boot_s=round(settle, 3))
+            return guest, conn, settle
+        raise BootError(f"the VM failed to boot or settle: {last}")
+
+    def _wait_ready(
+        self,
+        guest: BootedGuest,
+        budget_s: float,
+        cancel: CancelToken,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> GuestSession:
+        """``guest.wait_ready`` that a cancel interrupts within a fraction of a second:
+        the wait runs in a helper thread; on cancel the VM is destroyed, which ends it."""
+        box: dict[str, Any] = {}
+
+        def wait() -> None:
+            try:
+                box["conn"] = guest.wait_ready(budget_s)
+            except BaseException as exc:  # handed over to the caller's thread
+                box["error"] = exc
+
+        waiter = threading.Thread(target=wait, name="settle", daemon=True)
+        waiter.start()
+        while waiter.is_alive():
+            if cancel.event.wait(0.1):
+                self._teardown(guest, None, log)
+                waiter.join(30)
+                conn = box.get("conn")
+                if conn is not None:
+                    self._teardown(None, conn, log)
+                cancel.raise_if_set()
+            waiter.join(0)
+        if "error" in box:
+            raise box["error"]
+        conn = box["conn"]
+        assert conn is not None
+        return conn
+
+    @staticmethod
+    def _teardown(
+        guest: BootedGuest | None,
+        conn: GuestSession | None,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        """Close SSH and destroy the VM; errors are logged, never raised."""
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:
+                log.warning("ssh_close_failed", error=str(exc))
+        if guest is not None:
+            try:
+                guest.destroy()
+            except Exception as exc:
+                log.error("vm_destroy_failed", error=str(exc))
+
+    @staticmethod
+    def _settle_task_statuses(ctx: BuildContext, result: BuildResult) -> None:
+        """A task still ``running`` when the build stopped ends ``failed`` (never stuck)."""
+        if result.status == "success":
+            return
+        for name, status in list(ctx.task_statuses.items()):
+            if status == "running":
+                try:
+                    ctx.set_task_status(name, "failed")
+                except Exception as exc:
+                    ctx.log.warning("task_status_failed", task=name, error=str(exc))

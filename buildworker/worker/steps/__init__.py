@@ -1,0 +1,1 @@
+"""One module per pipeline step, each ``run(ctx) -> None`` (order lives in ``pipeline.STEPS``)."""

@@ -1,0 +1,158 @@
+"""The step plan and task semantics, without a VM."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from buildworker.manifest import parse_manifest, parse_source
+from buildworker.worker.backoff import compute_backoff
+from buildworker.worker.context import JobSpec, SecretMaterial, home_path
+from buildworker.worker.errors import BuildFailed
+from buildworker.worker.pipeline import STEPS, plan
+from buildworker.worker.steps.artifacts import guest_path
+from buildworker.worker.steps.run_tasks import TaskOutcome, statuses_after
+from buildworker.worker.steps.sources import PRIVATE_REPO_HINT, clone_commands
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def test_steps_are_in_builds_sr_ht_order() -> None:
+    assert [s.name for s in STEPS] == [
+        "tasks",
+        "environment",
+        "secrets",
+        "repositories",
+        "packages",
+        "sources",
+        "run-tasks",
+        "artifacts",
+    ]
+
+
+def test_a_minimal_manifest_plans_only_the_steps_it_needs() -> None:
+    spec = JobSpec(1, 1, parse_manifest("image: debian/bookworm\ntasks:\n- a: echo\n"))
+    assert [s.name for s in plan(spec)] == ["tasks", "environment", "run-tasks"]
+
+
+def test_a_full_manifest_plans_every_step() -> None:
+    manifest = parse_manifest(
+        "image: debian/bookworm\npackages: [curl]\nrepositories: {x: 'http://a b c'}\n"
+        "sources: [https://git.example/r]\nsecrets: [abc]\nartifacts: [out.txt]\n"
+        "tasks:\n- a: echo\n"
+    )
+    secret = SecretMaterial("u", "abc", "plaintext_file", b"data", "~/x", 0o600)
+    assert len(plan(JobSpec(1, 1, manifest, secrets=(secret,)))) == len(STEPS)
+    # Secrets off (the claim sends none): the secrets step is not run
+    assert "secrets" not in [s.name for s in plan(JobSpec(1, 1, manifest))]
+
+
+def test_all_tasks_succeeding() -> None:
+    outcomes = [TaskOutcome(0)] * 4
+    assert statuses_after(NAMES, outcomes) == dict.fromkeys(NAMES, "success")
+
+
+def test_a_failed_task_skips_the_rest() -> None:
+    assert statuses_after(NAMES, [TaskOutcome(0), TaskOutcome(2)]) == {
+        "a": "success",
+        "b": "failed",
+        "c": "skipped",
+        "d": "skipped",
+    }
+
+
+def test_complete_build_skips_the_rest_and_succeeds() -> None:
+    assert statuses_after(NAMES, [TaskOutcome(0, complete_build=True)]) == {
+        "a": "success",
+        "b": "skipped",
+        "c": "skipped",
+        "d": "skipped",
+    }
+
+
+def test_tasks_not_reached_stay_pending() -> None:
+    assert statuses_after(NAMES, [TaskOutcome(0)]) == {
+        "a": "success",
+        "b": "pending",
+        "c": "pending",
+        "d": "pending",
+    }
+
+
+def test_git_source_with_ref_clones_checks_out_and_updates_submodules() -> None:
+    commands = clone_commands(parse_source("https://git.example/x/repo.git#v1.0"))
+    assert [c for c, _ in commands] == [
+        "GIT_SSH_COMMAND='ssh -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no'"
+        " git clone https://git.example/x/repo.git repo",
+        "cd repo && git checkout -q v1.0",
+        "cd repo && GIT_SSH_COMMAND='ssh -o UserKnownHostsFile=/dev/null -o "
+        "StrictHostKeyChecking=no' git submodule update --init --recursive",
+    ]
+    assert commands[0][1] == PRIVATE_REPO_HINT
+
+
+def test_hg_and_dir_forms_and_unknown_scm() -> None:
+    commands = clone_commands(parse_source("dest::hg+https://hg.example/r#tip"))
+    assert commands[0][0].startswith("hg clone -e ") and commands[0][0].endswith(
+        "https://hg.example/r dest"
+    )
+    assert commands[1][0] == "cd dest && hg update -y tip"
+    with pytest.raises(BuildFailed, match="Unknown scm: svn"):
+        clone_commands(parse_source("svn+https://x.example/r"))
+
+
+def test_shell_metacharacters_in_sources_are_quoted() -> None:
+    commands = clone_commands(parse_source("https://git.example/r;id#$(id)"))
+    assert "'https://git.example/r;id'" in commands[0][0]
+    assert commands[1][0].endswith("git checkout -q '$(id)'")
+
+
+def test_secret_from_claim_decodes_and_names_bad_fields() -> None:
+    item = {
+        "uuid": "u-1",
+        "name": "token",
+        "type": "plaintext_file",
+        "data_b64": base64.b64encode(b"s3cret").decode(),
+        "path": "~/t",
+        "mode": 0o640,
+    }
+    secret = SecretMaterial.from_claim(item)
+    assert (secret.data, secret.mode) == (b"s3cret", 0o640)
+    assert "s3cret" not in repr(secret)
+    with pytest.raises(ValueError, match=r"secrets\.type"):
+        SecretMaterial.from_claim({**item, "type": "env"})
+    with pytest.raises(ValueError, match=r"secrets\.data_b64"):
+        SecretMaterial.from_claim({**item, "data_b64": "***"})
+
+
+def test_guest_paths() -> None:
+    assert home_path("/home/build", "~/.config/x y") == "'/home/build/.config/x y'"
+    assert home_path("/home/build", "rel") == "/home/build/rel"
+    assert home_path("/home/build", "/etc/x") == "/etc/x"
+    assert guest_path("/home/build", "out/a.txt") == "/home/build/out/a.txt"
+    assert guest_path("/home/build", "/tmp/a") == "/tmp/a"
+
+
+def test_backoff_grows_caps_and_jitters_down() -> None:
+    delays = [compute_backoff(n, base_s=1, max_s=8, rand=lambda: 0.0) for n in range(6)]
+    assert delays == [1, 2, 4, 8, 8, 8]
+    assert compute_backoff(3, base_s=1, max_s=8, jitter=0.5, rand=lambda: 1.0) == 4
+    with pytest.raises(ValueError, match="attempt"):
+        compute_backoff(-1)
+
+
+def test_task_files_travel_as_one_archive_with_the_preamble() -> None:
+    import io
+    import tarfile
+
+    from buildworker.render import DEFAULT_PREAMBLE
+    from buildworker.worker.steps.task_files import task_archive
+
+    manifest = parse_manifest("image: debian/bookworm\ntasks:\n- a: echo a\n- b-2: echo b\n")
+    with tarfile.open(fileobj=io.BytesIO(task_archive(manifest.tasks, DEFAULT_PREAMBLE))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert set(members) == {".tasks", ".tasks/a", ".tasks/b-2"}
+        assert members[".tasks/a"].mode == 0o755
+        script = tar.extractfile(".tasks/b-2").read().decode()  # type: ignore[union-attr]
+    assert script == DEFAULT_PREAMBLE + "echo b\n"

@@ -1,0 +1,217 @@
+"""Helpers of the worker tests (import as `from worker_helpers import ...`).
+
+A loopback TCP proxy the test controls: cut every connection through it, on demand.
+
+Used to take "the broker" or "the API" away from a worker without touching the shared
+RabbitMQ or anyone else's processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+class TcpProxy:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.accepting = threading.Event()
+        self.accepting.set()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self.accepting.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self, refuse: bool = True) -> None:
+        """Drop every open connection; with ``refuse``, new ones are refused until ``restore``."""
+        if refuse:
+            self.accepting.clear()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.accepting.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()
+
+
+# --- a real API tier, served by uvicorn on a loopback port ---------------------------------
+
+WORKER_TOKEN = "worker-test-token"
+
+
+class LiveApi:
+    """The real API app (SQLite, a store in tmp) under uvicorn on 127.0.0.1; restartable."""
+
+    def __init__(self, config: Any, lifespan: str = "off") -> None:
+        from buildworker.api.accounts import create_token, create_user
+        from buildworker.api.app import create_app
+
+        self.config = config
+        self.app = create_app(config)
+        self._lifespan = lifespan
+        with self.app.state.sessionmaker() as session:
+            user = create_user(session, "alice", "alice@example.org")
+            self.user_token = create_token(session, user, "*", name="all").token
+            session.commit()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.start()
+
+    def start(self) -> None:
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.app, log_config=None, lifespan=self._lifespan, access_log=False)
+        )
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start within 15 s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        self._server = self._thread = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.user_token}"}
+
+    def submit(self, manifest: str, **fields: Any) -> int:
+        import httpx
+
+        response = httpx.post(
+            f"{self.url}/api/jobs",
+            json={"manifest": manifest, **fields},
+            headers=self.headers(),
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        return int(response.json()["id"])
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        return httpx.get(f"{self.url}{path}", headers=self.headers(), timeout=30, **kwargs)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        response = self.get(f"/api/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    def close(self) -> None:
+        self.stop()
+        self.app.state.engine.dispose()
+
+
+def api_config(data_dir: Path, db_url: str, amqp_url: str | None = None, **worker: Any) -> Any:
+    from buildworker.api.crypto import generate_key
+    from buildworker.config import (
+        ApiConfig,
+        BrokerConfig,
+        Config,
+        DatabaseConfig,
+        StoreConfig,
+        WorkerConfig,
+    )
+
+    store = data_dir / "store"
+    store.mkdir(exist_ok=True)
+    return Config(
+        api=ApiConfig(
+            origin="http://127.0.0.1",
+            worker_token=WORKER_TOKEN,
+            secret_key=generate_key(),
+            images=("debian/bookworm@amd64",),
+        ),
+        database=DatabaseConfig(url=db_url),
+        store=StoreConfig(path=store),
+        broker=BrokerConfig(url=amqp_url) if amqp_url else BrokerConfig(),
+        worker=WorkerConfig(name="test-worker", token=WORKER_TOKEN, **worker),
+    )
+
+
+# --- real VMs ---------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = REPO / "images"
+SSH_KEY = REPO / ".state" / "id_ed25519"
+
+
+def vm_work_dir() -> Path:
+    """A directory for overlays that the qemu user can reach (pytest's tmp dirs are 0700)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="bw-worker-vms-", dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def write_run_config(path: Path, work_dir: Path, **worker: str) -> Path:
+    """A worker.conf for `buildworker run` on this checkout's images and key."""
+    lines = ["[worker]", f"images = {IMAGES}"]
+    lines += [f"{key.replace('_', '-')} = {value}" for key, value in worker.items()]
+    lines += ["[vm]", f"ssh-key = {SSH_KEY}", f"work-dir = {work_dir}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
