@@ -43,6 +43,7 @@ def configure_logging(json: bool = False, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    # pika and paramiko are chatty at INFO about every connection; their warnings still show.
-    for noisy in ("pika", "paramiko"):
+    # pika, paramiko and httpx are chatty at INFO about every connection and request (the
+    # worker makes several a second); their warnings still show.
+    for noisy in ("pika", "paramiko", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))

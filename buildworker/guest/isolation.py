@@ -8,7 +8,8 @@ SSH forwarding keeps working (those connections are *to* qemu, and its replies a
 established), downloads from the internet keep working (not local). Explicit forwards from
 ``[vm] forwards`` are accepted before the drop.
 
-The rules live in their own table, ``inet buildworker``, replaced atomically on each apply.
+The rules live in their own table, ``inet buildworker``; forwarded ports are a named set that
+each apply adds to (never removes from), so several workers on one host keep each other's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from dataclasses import dataclass
 
 from buildworker.guest.errors import VMError
 
-__all__ = ["TABLE", "Forward", "apply_isolation", "parse_forwards", "render_ruleset"]
+__all__ = [
+    "FORWARD_SET",
+    "TABLE",
+    "Forward",
+    "apply_isolation",
+    "forwarded_ports",
+    "parse_forwards",
+    "render_ruleset",
+]
 
 TABLE = "buildworker"
 #: QEMU user-net's gateway: inside the guest it stands for the host's 127.0.0.1.
@@ -69,26 +78,49 @@ def parse_forwards(entries: Sequence[str]) -> list[Forward]:
     return forwards
 
 
+#: The named set of host ports guests may reach; every worker on the host adds to it.
+FORWARD_SET = "forward_ports"
+
+
 def render_ruleset(qemu_uid: int, forwards: Sequence[Forward]) -> str:
-    """The nft script: (re)create table inet buildworker with the accept and drop rules."""
+    """The nft script: ensure table inet buildworker, add our ports to the shared forward set,
+    and rebuild the output chain (accept the set's ports, then drop local destinations).
+
+    Additive on purpose: several workers or test processes on one host each apply their own
+    ``[vm] forwards``, and none may remove another's. The chain is flushed and refilled in the
+    same transaction (``nft -f`` is atomic), so there is never a moment without the drop rule.
+    Removing a port needs ``nft delete element inet buildworker forward_ports { PORT }``.
+    """
     lines = [
-        # "add" then "delete" makes the delete valid whether or not the table existed.
         f"add table inet {TABLE}",
-        f"delete table inet {TABLE}",
-        f"table inet {TABLE} {{",
-        "  chain output {",
-        "    type filter hook output priority 0; policy accept;",
+        f"add set inet {TABLE} {FORWARD_SET} {{ type inet_service; }}",
+        f"add chain inet {TABLE} output {{ type filter hook output priority 0; policy accept; }}",
+        f"flush chain inet {TABLE} output",
     ]
-    for forward in forwards:
-        lines.append(
-            f"    meta skuid {qemu_uid} ip daddr 127.0.0.1 tcp dport {forward.port} accept"
-        )
+    if forwards:
+        ports = ", ".join(str(f.port) for f in forwards)
+        lines.append(f"add element inet {TABLE} {FORWARD_SET} {{ {ports} }}")
     lines += [
-        f"    meta skuid {qemu_uid} ct state new fib daddr type local drop",
-        "  }",
-        "}",
+        f"add rule inet {TABLE} output meta skuid {qemu_uid} ip daddr 127.0.0.1 "
+        f"tcp dport @{FORWARD_SET} accept",
+        f"add rule inet {TABLE} output meta skuid {qemu_uid} ct state new fib daddr type local drop",
     ]
     return "\n".join(lines) + "\n"
+
+
+def forwarded_ports() -> set[int]:
+    """The ports in the shared forward set now (empty when the table is absent)."""
+    nft = _nft() or "nft"
+    result = subprocess.run(
+        [nft, "list", "set", "inet", TABLE, FORWARD_SET],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return set()
+    elements = re.search(r"elements = \{([^}]*)\}", result.stdout)
+    return {int(p) for p in re.findall(r"\d+", elements.group(1))} if elements else set()
 
 
 def _nft() -> str | None:

@@ -29,7 +29,7 @@ from buildworker.guest.errors import (
 )
 from buildworker.guest.hypervisor import Guest, Hypervisor
 from buildworker.guest.images import ImageInfo
-from buildworker.guest.isolation import apply_isolation, current_ruleset, parse_forwards
+from buildworker.guest.isolation import current_ruleset
 from buildworker.guest.ssh import GuestConnection, connect_guest
 
 from .conftest import IMAGES, REPO, SSH_KEY, make_vm_config, unique_worker
@@ -196,9 +196,6 @@ def test_a_configured_forward_is_reachable(
 ) -> None:
     # The positive control for the test above: the same path works for an allowed port.
     _, conn = guest
-    # Other suites on this host start hypervisors too, and each installs its own forwards:
-    # re-install ours right before the probe.
-    apply_isolation(hv.qemu_uid, parse_forwards(hv.config.forwards))
     status, output = run(conn, f"curl -sS -m 15 http://10.0.2.2:{host_servers['forwarded']}/")
     assert status == 0, output
     assert "hello from the host" in output

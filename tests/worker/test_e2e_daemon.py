@@ -141,35 +141,27 @@ def git_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
 
 @pytest.fixture
 def keep_forward() -> Iterator[Any]:
-    """Keep our guest→host forward in the shared isolation table while the test runs.
+    """Forward a host port to guests for this test, as `[vm] forwards` would, then remove it.
 
-    Every Hypervisor re-creates the nftables table with its own forwards only, so another
-    process booting a guest meanwhile drops ours (reported to the guests area). Until that
-    is additive, this re-adds our port, merged with the ports already there, when it goes
-    missing; it never removes anyone's rule.
+    Forwards are additive (a shared nftables set), so workers this test starts keep it.
     """
     import pwd
-    import re
 
-    from buildworker.guest.isolation import Forward, apply_isolation, current_ruleset
+    from buildworker.guest.isolation import Forward, apply_isolation
 
     ports: set[int] = set()
-    stop = threading.Event()
     uid = pwd.getpwnam("libvirt-qemu").pw_uid
 
-    def loop() -> None:
-        while not stop.wait(0.3):
-            if not ports:
-                continue
-            present = {int(p) for p in re.findall(r"tcp dport (\d+) accept", current_ruleset())}
-            if not ports <= present:
-                apply_isolation(uid, [Forward(p) for p in sorted(present | ports)])
+    def add(port: int) -> None:
+        ports.add(port)
+        apply_isolation(uid, [Forward(port)])
 
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    yield ports.add
-    stop.set()
-    thread.join()
+    yield add
+    for port in ports:
+        subprocess.run(
+            ["/usr/sbin/nft", f"delete element inet buildworker forward_ports {{ {port} }}"],
+            check=False,
+        )
 
 
 def make_stack(
