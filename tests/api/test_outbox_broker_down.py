@@ -2,17 +2,14 @@
 published exactly once.
 
 The system RabbitMQ is never stopped: the publisher reaches it through a TCP proxy on
-127.0.0.1 that this test owns, and "the broker is down" means the proxy drops every
-connection and refuses new ones.
+127.0.0.1 that this test owns (tests/tcp_proxy.py), and "the broker is down" means the proxy
+drops every connection and refuses new ones.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
-import socket
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -22,89 +19,24 @@ import pytest
 from api_helpers import MANIFEST, drain, make_account, submit, unpublished, wait_until
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
+from tcp_proxy import TcpProxy
 
 from buildworker.api.app import create_app
 from buildworker.api.publisher import OutboxPublisher, queue_name
 from buildworker.config import BrokerConfig, Config
 
 
-class CuttableProxy:
-    """A TCP proxy 127.0.0.1:<port> → upstream that the test can cut and restore."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = threading.Event()
-        self.up.set()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._closed = False
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up.is_set():
-                client.close()  # the broker is "down": the connection is refused at once
-                continue
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            self.accepted += 1
-            with self._lock:
-                self._sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.up.clear()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def restore(self) -> None:
-        self.up.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self.cut()
-        self.listener.close()
-
-
 @pytest.fixture
-def proxy(amqp_url: str) -> Iterator[CuttableProxy]:
+def proxy(amqp_url: str) -> Iterator[TcpProxy]:
     parsed = urllib.parse.urlsplit(amqp_url)
-    proxy = CuttableProxy((parsed.hostname or "127.0.0.1", parsed.port or 5672))
+    proxy = TcpProxy(parsed.port or 5672, parsed.hostname or "127.0.0.1")
     try:
         yield proxy
     finally:
         proxy.close()
 
 
-def via(amqp_url: str, proxy: CuttableProxy) -> str:
+def via(amqp_url: str, proxy: TcpProxy) -> str:
     parsed = urllib.parse.urlsplit(amqp_url)
     netloc = f"{parsed.username}:{parsed.password}@127.0.0.1:{proxy.port}"
     return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
@@ -112,7 +44,7 @@ def via(amqp_url: str, proxy: CuttableProxy) -> str:
 
 @pytest.mark.slow
 def test_jobs_submitted_while_the_broker_is_cut_are_published_once_when_it_is_back(
-    sessions: sessionmaker[Session], amqp_url: str, proxy: CuttableProxy
+    sessions: sessionmaker[Session], amqp_url: str, proxy: TcpProxy
 ) -> None:
     publisher = OutboxPublisher(sessions, via(amqp_url, proxy), poll_s=0.05, reconnect_max_s=0.5)
     publisher.start()
@@ -149,7 +81,7 @@ def test_jobs_submitted_while_the_broker_is_cut_are_published_once_when_it_is_ba
 
 @pytest.mark.slow
 def test_submits_over_http_succeed_while_the_broker_is_cut_and_publish_once_after(
-    api_config: Config, amqp_url: str, proxy: CuttableProxy
+    api_config: Config, amqp_url: str, proxy: TcpProxy
 ) -> None:
     # Given the API with its background publisher reaching RabbitMQ through the proxy
     config = replace(

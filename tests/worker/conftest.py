@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from worker_helpers import LiveApi, TcpProxy, api_config
+from tcp_proxy import TcpProxy
+from worker_helpers import LiveApi, api_config
 
 
 @pytest.fixture

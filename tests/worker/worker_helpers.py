@@ -1,84 +1,16 @@
 """Helpers of the worker tests (import as `from worker_helpers import ...`).
 
-A loopback TCP proxy the test controls: cut every connection through it, on demand.
-
-Used to take "the broker" or "the API" away from a worker without touching the shared
-RabbitMQ or anyone else's processes.
+The loopback TCP proxy the resilience tests cut lives in tests/tcp_proxy.py (shared with the
+API suite).
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
-
-
-class TcpProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
-        self.target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self.accepting = threading.Event()
-        self.accepting.set()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if not self.accepting.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self, refuse: bool = True) -> None:
-        """Drop every open connection; with ``refuse``, new ones are refused until ``restore``."""
-        if refuse:
-            self.accepting.clear()
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def restore(self) -> None:
-        self.accepting.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self.cut()
-        self._listener.close()
-
 
 # --- a real API tier, served by uvicorn on a loopback port ---------------------------------
 
