@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from buildworker.api.app import create_app
 from buildworker.config import Config
 from buildworker.worker.apiclient import Conflict, InternalApi, NotFound, TooLarge, Unauthorized
+from buildworker.worker.logs import SETUP_LOG
 
 
 @pytest.fixture
@@ -61,9 +62,9 @@ def test_the_worker_client_plays_a_whole_job_against_the_api(
         with pytest.raises(Conflict):
             api.claim(job_id, "host2", 1)
         assert api.heartbeat(job_id, 1) is False
-        assert api.append_log(job_id, 1, "setup", 0, b"Booting\n") == 8
+        assert api.append_log(job_id, 1, SETUP_LOG, 0, b"Booting\n") == 8
         # a chunk re-sent after a lost answer, overlapping what landed: only the rest is kept
-        assert api.append_log(job_id, 1, "setup", 4, b"ing\nReady\n") == 14
+        assert api.append_log(job_id, 1, SETUP_LOG, 4, b"ing\nReady\n") == 14
         api.task_status(job_id, 1, "build", "running")
         assert api.append_log(job_id, 1, "build", 0, b"hello\n") == 6
         api.task_status(job_id, 1, "build", "success")
