@@ -37,6 +37,7 @@ __all__ = [
     "LogGap",
     "Store",
     "StoreError",
+    "read_range",
 ]
 
 #: What a task name may look like (the manifest's rule, repeated here as a path guard).
@@ -130,16 +131,7 @@ class Store:
 
     def read_log(self, job_id: int, task: str | None, start: int, end: int) -> Iterator[bytes]:
         """Yield the bytes ``[start, end)`` of a log in chunks (end is clamped to the size)."""
-        path = self.log_path(job_id, task)
-        with path.open("rb") as fh:
-            fh.seek(start)
-            remaining = end - start
-            while remaining > 0:
-                chunk = fh.read(min(READ_CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                yield chunk
+        return read_range(self.log_path(job_id, task), start, end)
 
     def reset_logs(self, job_id: int) -> None:
         """Forget every log of a job (a new attempt starts its logs from zero)."""
@@ -200,3 +192,19 @@ class ArtifactSink:
         if self.size > self.max_size:
             raise ArtifactTooLarge(self.max_size)
         self._fh.write(data)
+
+
+def read_range(path: Path, start: int, end: int) -> Iterator[bytes]:
+    """Yield the bytes ``[start, end)`` of a file in chunks; stops early at end of file.
+
+    Logs and artifacts are served through this, so a large file never sits in memory.
+    """
+    with path.open("rb") as fh:
+        fh.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            chunk = fh.read(min(READ_CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            yield chunk

@@ -14,7 +14,6 @@ do not exist yet because no worker has started it.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -29,15 +28,12 @@ from buildworker.api.access import can_read
 from buildworker.api.deps import SessionDep, optional_user
 from buildworker.api.errors import ApiError
 from buildworker.db.models import Artifact, Job, Task, User
-from buildworker.store import InvalidName, Store
+from buildworker.store import InvalidName, Store, read_range
 
 __all__ = ["ByteRange", "RangeNotSatisfiable", "parse_range", "router"]
 
 router = APIRouter(tags=["logs and artifacts"])
 MaybeReader = Annotated[User | None, Depends(optional_user("jobs:read"))]
-
-#: Bytes per chunk when streaming a file body.
-CHUNK = 64 * 1024
 
 
 class RangeNotSatisfiable(ValueError):
@@ -83,18 +79,6 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, end)
 
 
-def _read(path: Path, start: int, end: int) -> Iterator[bytes]:
-    with path.open("rb") as fh:
-        fh.seek(start)
-        remaining = end - start
-        while remaining > 0:
-            chunk = fh.read(min(CHUNK, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
-
-
 def _serve(
     request: Request, path: Path | None, size: int, media_type: str, extra: dict[str, str]
 ) -> Response:
@@ -116,7 +100,7 @@ def _serve(
     if request.method == "HEAD" or path is None or end == start:
         return Response(status_code=status, headers=headers, media_type=media_type)
     return StreamingResponse(
-        _read(path, start, end), status_code=status, headers=headers, media_type=media_type
+        read_range(path, start, end), status_code=status, headers=headers, media_type=media_type
     )
 
 
