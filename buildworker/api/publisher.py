@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,17 +41,9 @@ from buildworker.queue import (
     queue_name,
     routing_key,
 )
+from buildworker.service import ServiceThread
 
-__all__ = [
-    "DEAD_EXCHANGE",
-    "DEAD_QUEUE",
-    "JOBS_EXCHANGE",
-    "JobMessage",
-    "OutboxPublisher",
-    "backoff_delay",
-    "queue_name",
-    "routing_key",
-]
+__all__ = ["OutboxPublisher", "backoff_delay"]
 
 #: Rows taken per transaction; bounds the work redone after a crash mid-batch.
 BATCH_SIZE = 100
@@ -69,7 +60,7 @@ def backoff_delay(failures: int, cap_s: float, rand: Callable[[], float] = rando
     return base * (1 - 0.25 * rand())
 
 
-class OutboxPublisher:
+class OutboxPublisher(ServiceThread):
     """Drains the outbox to RabbitMQ in its own thread (`start`/`stop`), or step by step
     from a test (`publish_pending` on an open connection).
 
@@ -95,24 +86,14 @@ class OutboxPublisher:
         self._poll_s = poll_s
         self._reconnect_max_s = reconnect_max_s
         self._heartbeat_s = heartbeat_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._declared: set[str] = set()
         #: messages confirmed by the broker since start (for tests and logs)
         self.published = 0
         #: connections opened since start
         self.connections = 0
 
-    # --- thread lifecycle -----------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="outbox-publisher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+    thread_name = "outbox-publisher"
 
     def run(self) -> None:
         """Connect, drain, wait; reconnect with backoff on any broker error, until stopped."""

@@ -15,7 +15,6 @@ alike. Several API processes may run reapers at once for the same reason.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta
 
 import structlog
@@ -23,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.db.models import Job, Outbox, Task, utcnow
+from buildworker.service import ServiceThread
 from buildworker.triggers.dispatch import record_job_triggers
 
 __all__ = [
@@ -136,7 +136,7 @@ def reap(session: Session, *, max_attempts: int, now: datetime | None = None) ->
     return handled
 
 
-class LeaseReaper:
+class LeaseReaper(ServiceThread):
     """Runs `reap` every ``interval_s`` seconds in its own thread until stopped.
 
     Parameters:
@@ -151,17 +151,9 @@ class LeaseReaper:
         self._sessionmaker = sessionmaker
         self._max_attempts = max_attempts
         self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="lease-reaper", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+    thread_name = "lease-reaper"
 
     def run(self) -> None:
         while not self._stop.wait(self._interval_s):

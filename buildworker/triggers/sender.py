@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.config import Config
 from buildworker.db.models import Job, JobGroup, TriggerDelivery, utcnow
+from buildworker.service import ServiceThread
 from buildworker.triggers import email as mail
 from buildworker.triggers.render import (
     GroupView,
@@ -93,7 +94,7 @@ class _Rendered:
     payload: dict[str, Any]
 
 
-class TriggerSender:
+class TriggerSender(ServiceThread):
     """Delivers pending triggers; `run_once` is one pass, `start`/`stop` run it in a thread.
 
     Parameters:
@@ -117,9 +118,8 @@ class TriggerSender:
         self._clock = clock
         self._signer: WebhookSigner | None = load_signer(config.triggers)
         self._hostname = socket.getfqdn() or "localhost"
-        self._stop = threading.Event()
+        super().__init__()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self._pruned_at: datetime | None = None
         if self._signer is None:
             _log.warning(
@@ -129,15 +129,14 @@ class TriggerSender:
 
     # --- thread ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="trigger-sender", daemon=True)
-        self._thread.start()
+    thread_name = "trigger-sender"
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        self._stop.set()
+        # An SMTP or webhook delivery in progress may take its own timeout to give up.
+        super().stop(timeout_s)
+
+    def _interrupt(self) -> None:
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
 
     def wake(self) -> None:
         """Look for due deliveries now instead of at the next poll."""
