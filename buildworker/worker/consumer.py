@@ -37,17 +37,7 @@ from buildworker.queue import (
 )
 from buildworker.worker.backoff import compute_backoff
 
-__all__ = [
-    "DEAD_EXCHANGE",
-    "DEAD_QUEUE",
-    "JOBS_EXCHANGE",
-    "REASON_HEADER",
-    "Consumer",
-    "Delivery",
-    "JobMessage",
-    "queue_name",
-    "routing_key",
-]
+__all__ = ["Consumer", "Delivery"]
 
 #: How long one ``process_data_events`` call may block, in seconds (bounds stop latency).
 POLL_S = 0.2

@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from tcp_proxy import TcpProxy
 
 from buildworker.api.app import create_app
-from buildworker.api.publisher import OutboxPublisher, queue_name
+from buildworker.api.publisher import OutboxPublisher
 from buildworker.config import BrokerConfig, Config
+from buildworker.queue import queue_name
 
 
 @pytest.fixture

@@ -11,17 +11,11 @@ import pytest
 from api_helpers import drain, submit, unpublished, wait_until
 from sqlalchemy.orm import Session, sessionmaker
 
-from buildworker.api.publisher import (
-    DEAD_EXCHANGE,
-    JOBS_EXCHANGE,
-    JobMessage,
-    OutboxPublisher,
-    backoff_delay,
-    queue_name,
-)
+from buildworker.api.publisher import OutboxPublisher, backoff_delay
 from buildworker.db.engine import make_engine, make_sessionmaker
 from buildworker.db.migrate import upgrade
 from buildworker.db.models import Job
+from buildworker.queue import DEAD_EXCHANGE, JOBS_EXCHANGE, JobMessage, queue_name
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter_taken_off() -> None:

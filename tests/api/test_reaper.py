@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from buildworker.api.app import create_app
-from buildworker.api.publisher import queue_name
 from buildworker.api.reaper import LeaseReaper, reap
 from buildworker.config import BrokerConfig, Config
 from buildworker.db.models import Job, Outbox, utcnow
+from buildworker.queue import queue_name
 
 WORKER = {"Authorization": f"Bearer {WORKER_TOKEN}"}
 

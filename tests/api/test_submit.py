@@ -27,9 +27,9 @@ import uvicorn
 from api_helpers import MANIFEST, WORKER_TOKEN, make_account
 
 from buildworker.api.app import create_app
-from buildworker.api.publisher import DEAD_EXCHANGE, queue_name
 from buildworker.commands.submit import Follower
 from buildworker.config import BrokerConfig, Config
+from buildworker.queue import DEAD_EXCHANGE, queue_name
 
 WORKER = {"Authorization": f"Bearer {WORKER_TOKEN}"}
 

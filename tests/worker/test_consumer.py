@@ -13,15 +13,9 @@ import pika
 import pytest
 
 from buildworker.api import publisher
+from buildworker.queue import DEAD_QUEUE, REASON_HEADER, JobMessage, queue_name
 from buildworker.worker import consumer as consumer_mod
-from buildworker.worker.consumer import (
-    DEAD_QUEUE,
-    REASON_HEADER,
-    Consumer,
-    Delivery,
-    JobMessage,
-    queue_name,
-)
+from buildworker.worker.consumer import Consumer, Delivery
 
 ROUTE = ("debian/bookworm", "amd64")
 

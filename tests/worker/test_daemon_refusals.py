@@ -18,8 +18,8 @@ import pytest
 from worker_helpers import WORKER_TOKEN, LiveApi, api_config
 
 from buildworker.guest.images import ImageCatalogue
+from buildworker.queue import DEAD_QUEUE, REASON_HEADER
 from buildworker.worker.apiclient import InternalApi
-from buildworker.worker.consumer import DEAD_QUEUE, REASON_HEADER
 from buildworker.worker.daemon import EXIT_OK, Daemon
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
