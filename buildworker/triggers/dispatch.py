@@ -20,6 +20,7 @@ Once only, by construction:
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -56,6 +57,36 @@ def _job_triggers(job: Job) -> list[tuple[str, str, dict[str, Any]]]:
     return [(t.action, t.condition, dict(t.options)) for t in manifest.triggers]
 
 
+def _pending(
+    session: Session,
+    now: datetime,
+    index: int,
+    action: str,
+    condition: str,
+    details: dict[str, Any],
+    fired_status: str,
+    *,
+    job_id: int | None = None,
+    group_id: int | None = None,
+) -> TriggerDelivery:
+    """Add one delivery, due now, for trigger ``index`` of a job or of a group."""
+    row = TriggerDelivery(
+        job_id=job_id,
+        group_id=group_id,
+        index=index,
+        action=action,
+        condition=condition,
+        details=details,
+        fired_status=fired_status,
+        status="pending",
+        attempts=0,
+        next_attempt_at=now,
+        created=now,
+    )
+    session.add(row)
+    return row
+
+
 def record_job_triggers(session: Session, job: Job | int) -> list[TriggerDelivery]:
     """Add a pending delivery for each trigger of ``job`` whose condition matches its
     terminal status, then the group's triggers if this job was the group's last.
@@ -80,20 +111,9 @@ def record_job_triggers(session: Session, job: Job | int) -> list[TriggerDeliver
     for index, (action, condition, details) in enumerate(_job_triggers(loaded)):
         if index in done or not condition_matches(condition, loaded.status):
             continue
-        row = TriggerDelivery(
-            job_id=job_id,
-            index=index,
-            action=action,
-            condition=condition,
-            details=details,
-            fired_status=loaded.status,
-            status="pending",
-            attempts=0,
-            next_attempt_at=now,
-            created=now,
+        added.append(
+            _pending(session, now, index, action, condition, details, loaded.status, job_id=job_id)
         )
-        session.add(row)
-        added.append(row)
     session.flush()
     if added:
         log.info("triggers.recorded", count=len(added))
@@ -140,20 +160,9 @@ def record_group_triggers(session: Session, group: JobGroup | int) -> list[Trigg
             for key, value in trigger.items()
             if key not in ("action", "condition") and value is not None
         }
-        row = TriggerDelivery(
-            group_id=group_id,
-            index=index,
-            action=action,
-            condition=condition,
-            details=details,
-            fired_status=status,
-            status="pending",
-            attempts=0,
-            next_attempt_at=now,
-            created=now,
+        added.append(
+            _pending(session, now, index, action, condition, details, status, group_id=group_id)
         )
-        session.add(row)
-        added.append(row)
     session.flush()
     if added:
         _log.info("triggers.group_recorded", group_id=group_id, status=status, count=len(added))
