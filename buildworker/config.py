@@ -184,6 +184,10 @@ class ApiConfig:
     reap_interval: float = field(
         default=10.0, metadata=opt("duration", "how often lapsed leases are looked for")
     )
+    metrics_cache: float = field(
+        default=5.0,
+        metadata=opt("duration", "how long /metrics reuses its database gauges (jobs, outbox)"),
+    )
 
 
 @dataclass(frozen=True)

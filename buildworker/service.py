@@ -21,6 +21,11 @@ class ServiceThread:
         self._thread = threading.Thread(target=self.run, name=self.thread_name, daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Started and still running its loop (a liveness check for /healthz)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the loop to end and wait up to ``timeout_s`` for it."""
         self._stop.set()

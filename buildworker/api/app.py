@@ -10,6 +10,8 @@ from fastapi import FastAPI
 
 from buildworker import __version__
 from buildworker.api import background, files, groups, internal, public, secrets
+from buildworker.api import health as health_routes
+from buildworker.api import metrics as api_metrics
 from buildworker.api.crypto import SecretBox
 from buildworker.api.errors import install_handlers
 from buildworker.config import Config
@@ -61,4 +63,8 @@ def create_app(config: Config, *, migrate: bool = True) -> FastAPI:
     app.include_router(secrets.router)
     app.include_router(internal.router)
     app.include_router(files.router)
+    # Operations: /metrics (and request timing), /healthz, /readyz.
+    api_metrics.install(app, cache_s=config.api.metrics_cache)
+    health_routes.install(app.state)
+    app.include_router(health_routes.router)
     return app

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from buildworker.api.health import BrokerWatch
 from buildworker.api.publisher import OutboxPublisher
 from buildworker.api.reaper import LeaseReaper
 from buildworker.config import Config
@@ -37,16 +38,21 @@ def start(state: Any) -> Callable[[], None]:
         max_attempts=config.api.max_attempts,
         interval_s=config.api.reap_interval,
     )
+    # /readyz's view of the broker (buildworker.api.health).
+    broker_watch = BrokerWatch(config.broker.url, heartbeat_s=config.broker.heartbeat)
     publisher.start()
     reaper.start()
+    broker_watch.start()
     stop_triggers = trigger_sender.start(state)
     state.publisher = publisher
     state.reaper = reaper
+    state.broker_watch = broker_watch
     _log.info("background.started")
 
     def stop() -> None:
         publisher.stop()
         reaper.stop()
+        broker_watch.stop()
         stop_triggers()
         _log.info("background.stopped")
 

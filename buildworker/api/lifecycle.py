@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from buildworker.api.metrics import metrics_of
 from buildworker.db.models import Job, utcnow
 from buildworker.db.outbox import enqueue
 from buildworker.triggers.dispatch import record_job_triggers
@@ -32,6 +33,7 @@ def start_pending(session: Session, job: Job) -> bool:
         return False
     session.refresh(job)
     enqueue(session, job)
+    metrics_of(session).job_submitted()
     return True
 
 

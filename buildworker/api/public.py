@@ -32,6 +32,7 @@ from buildworker.api.deps import SessionDep, current_user, optional_user
 from buildworker.api.errors import ApiError
 from buildworker.api.images import check_image
 from buildworker.api.lifecycle import cancel, start_pending
+from buildworker.api.metrics import metrics_of
 from buildworker.api.pagination import MAX_ID, paginate
 from buildworker.api.serialize import artifact_dict, artifact_url, format_time, job_dict
 from buildworker.config import Config
@@ -255,6 +256,8 @@ def submit_job(
         job.attempt = 1
         enqueue(session, job)
     session.commit()
+    if execute:
+        metrics_of(session).job_submitted()
     log.info("job_submitted", job_id=job.id, owner=user.username, status=job.status)
     return job_dict(job, config.api.origin, at_submit=True)
 

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from buildworker.api.metrics import metrics_of
 from buildworker.db.models import Job, Outbox, Task, utcnow
 from buildworker.service import ServiceThread
 from buildworker.triggers.dispatch import record_job_triggers
@@ -82,6 +83,7 @@ def requeue(session: Session, job_id: int, attempt: int, reason: str) -> bool:
         .execution_options(synchronize_session=False)
     )
     session.add(Outbox(job_id=job_id, attempt=attempt + 1))
+    metrics_of(session).job_requeued()
     _log.info("job.requeued", job_id=job_id, attempt=attempt + 1, reason=reason)
     return True
 
@@ -123,16 +125,20 @@ def reap(session: Session, *, max_attempts: int, now: datetime | None = None) ->
     for job_id, attempt, runner, cancel_requested in lapsed:
         lost = f"worker {runner or '?'} stopped renewing its lease (attempt {attempt})"
         if cancel_requested:
+            outcome = "cancelled"
             done = end_running(session, job_id, attempt, "cancelled", f"cancelled; {lost}")
         elif attempt < max_attempts:
+            outcome = "requeued"
             done = requeue(session, job_id, attempt, lost)
         else:
+            outcome = "failed"
             done = end_running(
                 session, job_id, attempt, "failed", f"{lost}; gave up after {attempt} attempts"
             )
         session.commit()
         if done:
             handled.append(job_id)
+            metrics_of(session).lease_reaped(outcome)
     return handled
 
 

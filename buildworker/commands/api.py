@@ -1,34 +1,166 @@
-"""`buildworker api`: serve the REST API, the internal worker API, logs and artifacts."""
+"""`buildworker api`: serve the REST API, the internal worker API, logs and artifacts.
+
+Under systemd (``Type=notify``) it reports through `buildworker.sdnotify`:
+
+- ``READY=1`` once the server listens *and* ``/readyz``'s checks pass (database, store,
+  broker), so ``systemctl start`` and units ordered after this one wait for a usable API;
+- ``STATUS=`` whenever the readiness summary changes (``ready; serving on ...`` or
+  ``not ready: broker (ConnectionRefusedError ...)``);
+- ``WATCHDOG=1`` while the process is alive as ``/healthz`` judges it and uvicorn's event
+  loop is ticking; a wedged loop or a dead background thread stops the pings and systemd
+  restarts the process. A dependency outage does not: a restart would not fix the broker;
+- ``STOPPING=1`` when SIGTERM or SIGINT starts the graceful shutdown.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
 
+import structlog
 import uvicorn
 
 from buildworker.api.app import create_app
 from buildworker.config import load_config
+from buildworker.health import HealthChecks
 from buildworker.log import configure_logging
+from buildworker.sdnotify import Notifier, NotifyError, WatchdogPinger
 
 NAME = "api"
 HELP = "run the API tier (REST API, internal worker API, logs and artifacts) under uvicorn"
+
+__all__ = ["NotifyingServer", "ReadinessReporter", "run"]
+
+#: Seconds between two readiness evaluations (STATUS= updates, READY=1 at the first pass).
+READINESS_POLL_S = 1.0
+#: An event loop that has not ticked for this long is wedged (uvicorn ticks every 0.1 s).
+LOOP_STALL_S = 5.0
+
+_log = structlog.get_logger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default=None, help="HOST:PORT to listen on (default: [api] bind)")
 
 
+class NotifyingServer(uvicorn.Server):
+    """uvicorn's server, telling systemd when it stops and recording its loop's ticks."""
+
+    def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+        super().__init__(config)
+        self._notifier = notifier
+        self.last_tick = time.monotonic()
+
+    async def on_tick(self, counter: int) -> bool:
+        self.last_tick = time.monotonic()
+        return await super().on_tick(counter)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            _log.info("api.stopping", signal=sig)
+            self._notifier.stopping("stopping: finishing requests in flight")
+        super().handle_exit(sig, frame)
+
+    def loop_ticking(self, stall_s: float = LOOP_STALL_S) -> bool:
+        return self.started and time.monotonic() - self.last_tick < stall_s
+
+
+class ReadinessReporter:
+    """Evaluates ``/readyz``'s checks every ``poll_s`` once the server has started: sends
+    ``READY=1`` at the first pass that is ready, and ``STATUS=`` at every change."""
+
+    thread_name = "sd-readiness"
+
+    def __init__(
+        self,
+        server: NotifyingServer,
+        readiness: HealthChecks,
+        notifier: Notifier,
+        *,
+        where: str,
+        poll_s: float = READINESS_POLL_S,
+    ) -> None:
+        self._server = server
+        self._readiness = readiness
+        self._notifier = notifier
+        self._where = where
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        #: READY=1 has been sent
+        self.ready_sent = False
+
+    def start(self) -> ReadinessReporter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._server.started:
+            if self._stop.wait(0.05) or self._server.should_exit:
+                return
+        last = ""
+        while not self._stop.is_set() and not self._server.should_exit:
+            report = self._readiness.run()
+            status = f"{report.summary()}; serving on {self._where}"
+            if report.ok and not self.ready_sent:
+                self._notifier.ready(status)
+                self.ready_sent = True
+                _log.info("api.ready", where=self._where)
+            elif status != last:
+                self._notifier.status(status)
+            if status != last and not report.ok:
+                _log.warning("api.not_ready", failing=report.failing(), status=status)
+            last = status
+            self._stop.wait(self._poll_s)
+
+
+def serve(config: Any, host: str, port: int, notifier: Notifier) -> None:
+    """Run the API until SIGTERM/SIGINT, reporting to ``notifier``."""
+    notifier.status("starting: migrating the database")
+    app = create_app(config)
+    server = NotifyingServer(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,  # our structlog handler already owns the root logger
+            proxy_headers=True,
+            server_header=False,
+        ),
+        notifier,
+    )
+    where = f"{host}:{port}"
+    reporter = ReadinessReporter(server, app.state.readiness, notifier, where=where).start()
+    liveness: HealthChecks = app.state.liveness
+
+    def alive() -> bool:
+        return server.loop_ticking() and liveness.run().ok
+
+    pinger = WatchdogPinger(notifier, alive).start()
+    try:
+        server.run()
+    finally:
+        pinger.stop()
+        reporter.stop()
+        notifier.close()
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(json=config.log.format == "json", level=config.log.level)
+    try:
+        notifier = Notifier.from_environ()
+    except NotifyError as exc:
+        print(f"buildworker: systemd: {exc}", file=sys.stderr)
+        return 2
     host, _, port = (args.bind or config.api.bind).rpartition(":")
-    app = create_app(config)
-    uvicorn.run(
-        app,
-        host=host.strip("[]"),
-        port=int(port),
-        log_config=None,  # our structlog handler already owns the root logger
-        proxy_headers=True,
-        server_header=False,
-    )
+    serve(config, host.strip("[]"), int(port), notifier)
     return 0

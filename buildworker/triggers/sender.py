@@ -27,6 +27,7 @@ import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from buildworker.api.metrics import metrics_of
 from buildworker.config import Config
 from buildworker.db.models import Job, JobGroup, TriggerDelivery, utcnow
 from buildworker.service import ServiceThread
@@ -229,6 +230,7 @@ class TriggerSender(ServiceThread):
                 outcome = DeliveryOutcome(False, f"internal error: {type(exc).__name__}: {exc}")
             self._record(session, row, outcome)
             session.commit()
+            metrics_of(session).trigger_attempt(row.action, outcome.ok, row.status)
             event = "triggers.sent" if outcome.ok else "triggers.attempt_failed"
             log.info(event, status=row.status, detail=outcome.detail)
             return True

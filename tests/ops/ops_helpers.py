@@ -18,6 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI
+
+from buildworker.api.accounts import create_token, create_user
+from buildworker.api.crypto import generate_key
+from buildworker.config import ApiConfig, BrokerConfig, Config, DatabaseConfig, StoreConfig
+
+#: Nothing listens on port 9: an app whose lifespan runs without a vhost of its own fails to
+#: connect instead of publishing into the shared "/".
+UNREACHABLE_BROKER = "amqp://guest:guest@127.0.0.1:9/%2F"
+MANIFEST = "image: debian/bookworm\ntasks:\n  - build: echo hello\n"
+
+
 BIN = Path(sys.executable).parent / "buildworker"
 
 
@@ -146,3 +158,30 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
 def with_vhost_path(amqp_url: str, port: int) -> str:
     """``amqp_url`` (on 127.0.0.1:5672) redirected to a proxy on ``port``."""
     return amqp_url.replace("127.0.0.1:5672", f"127.0.0.1:{port}")
+
+
+def ops_config(
+    db_url: str, data_dir: Path, broker_url: str = UNREACHABLE_BROKER, **api: Any
+) -> Config:
+    store = data_dir / "store"
+    store.mkdir(exist_ok=True)
+    return Config(
+        api=ApiConfig(
+            origin="http://testserver",
+            worker_token="ops-worker-token",
+            secret_key=generate_key(),
+            images=("debian/bookworm@amd64",),
+            **api,
+        ),
+        database=DatabaseConfig(url=db_url),
+        store=StoreConfig(path=store),
+        broker=BrokerConfig(url=broker_url, heartbeat=2.0, reconnect_max=1.0),
+    )
+
+
+def user_headers(app: FastAPI, name: str = "alice") -> dict[str, str]:
+    with app.state.sessionmaker() as session:
+        user = create_user(session, name, f"{name}@example.org")
+        token = create_token(session, user, "*", name="all").token
+        session.commit()
+    return {"Authorization": f"token {token}"}
