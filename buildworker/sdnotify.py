@@ -191,10 +191,12 @@ class WatchdogPinger:
 
     def _run(self) -> None:
         assert self.interval_s is not None
-        was_healthy = True
+        was_healthy: bool | None = None  # not yet known: starting up is not "withheld"
         while not self._stop.is_set():
             healthy = self._is_healthy()
-            if healthy != was_healthy:
+            if was_healthy is None:
+                was_healthy = healthy
+            elif healthy != was_healthy:
                 event = "watchdog.resumed" if healthy else "watchdog.withheld"
                 (_log.info if healthy else _log.warning)(event)
                 was_healthy = healthy

@@ -66,8 +66,10 @@ def database_answers(engine: Engine) -> CheckResult:
 
 
 def store_writable(path: Path) -> CheckResult:
-    """Create, write, fsync and remove a file in the store directory."""
+    """Create, write, fsync and remove a file in the store directory (made if missing, as
+    the store itself does at its first write)."""
     try:
+        path.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".readyz-", dir=path)
         try:
             os.write(fd, b"ok")

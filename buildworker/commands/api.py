@@ -15,14 +15,15 @@ Under systemd (``Type=notify``) it reports through `buildworker.sdnotify`:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 import time
 from types import FrameType
-from typing import Any
 
 import structlog
 import uvicorn
+from fastapi import FastAPI
 
 from buildworker.api.app import create_app
 from buildworker.config import load_config
@@ -33,7 +34,7 @@ from buildworker.sdnotify import Notifier, NotifyError, WatchdogPinger
 NAME = "api"
 HELP = "run the API tier (REST API, internal worker API, logs and artifacts) under uvicorn"
 
-__all__ = ["NotifyingServer", "ReadinessReporter", "run"]
+__all__ = ["ApiService", "NotifyingServer", "ReadinessReporter", "run"]
 
 #: Seconds between two readiness evaluations (STATUS= updates, READY=1 at the first pass).
 READINESS_POLL_S = 1.0
@@ -122,35 +123,63 @@ class ReadinessReporter:
             self._stop.wait(self._poll_s)
 
 
-def serve(config: Any, host: str, port: int, notifier: Notifier) -> None:
-    """Run the API until SIGTERM/SIGINT, reporting to ``notifier``."""
-    notifier.status("starting: migrating the database")
-    app = create_app(config)
-    server = NotifyingServer(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,  # our structlog handler already owns the root logger
-            proxy_headers=True,
-            server_header=False,
-        ),
-        notifier,
-    )
-    where = f"{host}:{port}"
-    reporter = ReadinessReporter(server, app.state.readiness, notifier, where=where).start()
-    liveness: HealthChecks = app.state.liveness
+class ApiService:
+    """The API app under a `NotifyingServer`, with the readiness reporter and the watchdog.
 
-    def alive() -> bool:
-        return server.loop_ticking() and liveness.run().ok
+    Parameters:
+        app: the app from `create_app` (its state holds the health registries).
+        host, port: where to listen.
+        notifier: systemd's notify socket (inert outside systemd).
+        loop_stall_s: how long the event loop may go without a tick before the watchdog
+            pings are withheld.
+    """
 
-    pinger = WatchdogPinger(notifier, alive).start()
-    try:
-        server.run()
-    finally:
-        pinger.stop()
-        reporter.stop()
-        notifier.close()
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        host: str,
+        port: int,
+        notifier: Notifier,
+        loop_stall_s: float = LOOP_STALL_S,
+    ) -> None:
+        self.server = NotifyingServer(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_config=None,  # our structlog handler already owns the root logger
+                proxy_headers=True,
+                server_header=False,
+            ),
+            notifier,
+        )
+        self._notifier = notifier
+        self._loop_stall_s = loop_stall_s
+        self._liveness: HealthChecks = app.state.liveness
+        self.reporter = ReadinessReporter(
+            self.server, app.state.readiness, notifier, where=f"{host}:{port}"
+        )
+        self.pinger = WatchdogPinger(notifier, self.alive)
+
+    def alive(self) -> bool:
+        """The event loop ticks and every background loop runs (what the watchdog needs)."""
+        return self.server.loop_ticking(self._loop_stall_s) and self._liveness.run().ok
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (or `stop`)."""
+        self.reporter.start()
+        self.pinger.start()
+        try:
+            self.server.run()
+        finally:
+            self.pinger.stop()
+            self.reporter.stop()
+            self._notifier.close()
+
+    def stop(self) -> None:
+        """What SIGTERM does: STOPPING=1, then uvicorn's graceful shutdown."""
+        self.server.handle_exit(signal.SIGTERM, None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,5 +191,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"buildworker: systemd: {exc}", file=sys.stderr)
         return 2
     host, _, port = (args.bind or config.api.bind).rpartition(":")
-    serve(config, host.strip("[]"), int(port), notifier)
+    notifier.status("starting: migrating the database")
+    app = create_app(config)
+    ApiService(app, host=host.strip("[]"), port=int(port), notifier=notifier).run()
     return 0

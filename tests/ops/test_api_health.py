@@ -57,9 +57,12 @@ def test_alive_and_ready_with_the_services_up(
 def test_a_store_that_cannot_be_written_is_not_ready(tmp_path: Path) -> None:
     assert store_writable(tmp_path).ok
     assert list(tmp_path.iterdir()) == []  # the probe file is removed
-    gone = tmp_path / "missing"
-    result = store_writable(gone)
-    assert not result.ok and result.detail == f"{gone}: No such file or directory"
+    # a store not made yet is made, as the store's first write would
+    assert store_writable(tmp_path / "new").ok and (tmp_path / "new").is_dir()
+    blocked = tmp_path / "file" / "store"
+    (tmp_path / "file").write_text("")
+    result = store_writable(blocked)
+    assert not result.ok and result.detail == f"{blocked}: Not a directory"
 
 
 def test_the_readyz_store_check_fails_when_the_store_is_replaced_by_a_file(
