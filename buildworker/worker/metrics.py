@@ -2,17 +2,28 @@
 
 Names follow ``buildworker_<thing>_<unit>``; labels are bounded (image, arch, result,
 outcome), never a job id. The daemon records; steps never touch Prometheus.
+
+`serve` runs one small HTTP server on ``[worker] metrics-bind`` for ``/metrics`` and, when
+health registries are given, ``/healthz`` and ``/readyz`` (`buildworker.health` JSON, 200
+or 503), so a probe needs no second port.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from buildworker import __version__
+from buildworker.health import HealthChecks
 
-__all__ = ["WorkerMetrics"]
+__all__ = ["CONTENT_TYPE", "MetricsServer", "WorkerMetrics"]
+
+#: The classic text format, which Debian 12's Prometheus 2.42 expects.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _BUILD_BUCKETS = (10, 30, 60, 90, 120, 300, 600, 900, 1800, 3600)
 _BOOT_BUCKETS = (1, 2, 3, 5, 10, 15, 20, 30, 60, 90, 120, 300)
@@ -61,8 +72,73 @@ class WorkerMetrics:
         info = Gauge("buildworker_build_info", "Version", ["version"], registry=r)
         info.labels(version=__version__).set(1)
 
-    def serve(self, bind: str) -> Any:
-        """Serve /metrics on ``HOST:PORT`` in a daemon thread; returns the server."""
+    def serve(
+        self,
+        bind: str,
+        *,
+        liveness: HealthChecks | None = None,
+        readiness: HealthChecks | None = None,
+    ) -> MetricsServer:
+        """Serve /metrics (and the health routes given) on ``HOST:PORT`` in a daemon
+        thread; returns the server (``close()`` stops it)."""
         host, _, port = bind.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
-        return server
+        return MetricsServer(
+            (host.strip("[]"), int(port)), self.registry, liveness=liveness, readiness=readiness
+        )
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """``/metrics``, ``/healthz``, ``/readyz`` over HTTP/1.1 from a daemon thread."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        *,
+        liveness: HealthChecks | None = None,
+        readiness: HealthChecks | None = None,
+    ) -> None:
+        self.registry = registry
+        self.health = {"/healthz": liveness, "/readyz": readiness}
+        super().__init__(address, _Handler)
+        self._thread = threading.Thread(target=self.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(5)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, CONTENT_TYPE, generate_latest(self.server.registry))
+            return
+        checks = self.server.health.get(path)
+        if checks is None:
+            self._send(404, "text/plain; charset=utf-8", b"404 not found\n")
+            return
+        report = checks.run()
+        body = json.dumps(report.body()).encode()
+        self._send(report.http_status, "application/json", body)
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds are not news (the stdlib would print each one)."""
