@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from buildworker.config import Config, load_config
+from buildworker.config import Config, describe, load_config
 
 NAME = "config"
 HELP = "check the config file and print every effective value (exit 2 if it is invalid)"
@@ -14,6 +14,11 @@ HELP = "check the config file and print every effective value (exit 2 if it is i
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quiet", "-q", action="store_true", help="only check; print nothing when valid"
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="print every key with its default as Markdown (docs/operations.md) and exit",
     )
 
 
@@ -37,7 +42,27 @@ def render(config: Config) -> str:
     return "\n".join(lines)
 
 
+def reference() -> str:
+    """Every section and key with its default and description, as Markdown tables: the
+    configuration reference of docs/operations.md (a test keeps the two equal)."""
+    lines: list[str] = []
+    section = None
+    for name, key, default, doc in describe():
+        if name != section:
+            if section is not None:
+                lines.append("")
+            lines += [f"#### `[{name}]`", "", "| key | default | meaning |", "|---|---|---|"]
+            section = name
+        shown = f"`{default}`" if default else "(empty)"
+        meaning = doc.replace("|", r"\|")  # a pipe would end the table cell
+        lines.append(f"| `{key}` | {shown} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.reference:
+        print(reference(), end="")
+        return 0
     config = load_config(args.config)
     if not args.quiet:
         print(render(config))
