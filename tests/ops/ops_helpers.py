@@ -164,7 +164,7 @@ def ops_config(
     db_url: str, data_dir: Path, broker_url: str = UNREACHABLE_BROKER, **api: Any
 ) -> Config:
     store = data_dir / "store"
-    store.mkdir(exist_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
     return Config(
         api=ApiConfig(
             origin="http://testserver",

@@ -1,0 +1,129 @@
+"""A real build scraped by a real Prometheus: the worker's running gauge goes 1 then 0, one
+build-duration observation with its status, a settle sample; the API's request series.
+
+Written against today's worker metric names (buildworker_jobs_running,
+buildworker_build_duration_seconds{result}, buildworker_vm_ssh_ready_seconds); when the
+worker exports the names of docs/operations.md (buildsrht_builds_running,
+buildsrht_build_duration{status}, buildsrht_vm_settle_duration_seconds), change the three
+queries marked NAMES.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from ops_helpers import MANIFEST, free_port, ops_config, stop, user_headers, wait_for
+from prometheus_helpers import Prometheus, promtool
+
+from buildworker.api.app import create_app
+from buildworker.commands.api import ApiService
+from buildworker.sdnotify import Notifier
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER_TOKEN = "ops-worker-token"  # ops_config's [api] worker-token
+#: The images root holding debian/bookworm, symlinks resolved (in a worktree the image is a
+#: link to another checkout's, and the catalogue refuses images outside its root).
+IMAGES = (REPO / "images" / "debian" / "bookworm").resolve().parents[1]
+
+
+@pytest.fixture
+def api(tmp_path: Path, sqlite_url: str, amqp_url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    app = create_app(ops_config(sqlite_url, tmp_path / "api", amqp_url, metrics_cache=0.5))
+    headers = user_headers(app)
+    port = free_port()
+    service = ApiService(app, host="127.0.0.1", port=port, notifier=Notifier(None))
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 30, "API ready")
+    yield url, headers
+    service.stop()
+    thread.join(30)
+    app.state.engine.dispose()
+
+
+def test_a_real_build_seen_by_prometheus(
+    tmp_path: Path, api: tuple[str, dict[str, str]], amqp_url: str
+) -> None:
+    url, headers = api
+    work_dir = Path(tempfile.mkdtemp(prefix="bw-ops-vms-", dir="/tmp"))
+    work_dir.chmod(0o755)
+    metrics_port = free_port()
+    conf = tmp_path / "worker.conf"
+    conf.write_text(
+        f"[broker]\nurl = {amqp_url}\nheartbeat = 5s\nreconnect-max = 2s\n"
+        f"[worker]\nname = ops-{uuid.uuid4().hex[:6]}\napi-url = {url}\ntoken = {WORKER_TOKEN}\n"
+        f"images = {IMAGES}\nmetrics-bind = 127.0.0.1:{metrics_port}\n"
+        f"[vm]\nssh-key = {REPO / '.state/id_ed25519'}\nwork-dir = {work_dir}\n"
+        "[log]\nformat = json\n"
+    )
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "buildworker.cli", "--config", str(conf), "worker"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    targets = {
+        "buildworker-api": [url.removeprefix("http://")],
+        "buildworker-worker": [f"127.0.0.1:{metrics_port}"],
+    }
+    try:
+        with Prometheus(tmp_path / "prom", targets) as prom:
+            prom.wait_for_targets_up(timeout=120)
+            started = time.time()
+            response = httpx.post(
+                f"{url}/api/jobs",
+                json={"manifest": MANIFEST + "  - wait: sleep 3\n"},
+                headers=headers,
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+            job_id = response.json()["id"]
+
+            def status() -> str:
+                job = httpx.get(f"{url}/api/jobs/{job_id}", headers=headers, timeout=10).json()
+                return str(job["status"])
+
+            wait_for(lambda: status() in ("success", "failed", "timeout", "cancelled"), 600, "end")
+            assert status() == "success", log.read_text()[-3000:]
+            # NAMES: one build-duration observation, with the job's status as label
+            prom.wait_for(
+                'buildworker_build_duration_seconds_count{result="success"}', lambda v: v == [1.0]
+            )
+            # NAMES: the settle histogram has a sample for the image (today's daemon labels
+            # arch with the manifest's value, "default" here; next round: the resolved arch)
+            assert prom.values(
+                'buildworker_vm_ssh_ready_seconds_count{image="debian/bookworm"}'
+            ) == [1.0]
+            # NAMES: the running gauge was 1 during the build, and is 0 now
+            prom.wait_for("buildworker_jobs_running", lambda v: v == [0.0])
+            series = prom.query_range("buildworker_jobs_running", started - 5, time.time())
+            values = [v for _, v in series[0]["values"]]
+            assert 1.0 in values and values[-1] == 0.0, values
+            first_one = values.index(1.0)
+            assert all(v == 0.0 for v in values[:first_one])  # 0 (or absent), then 1, then 0
+            # And the API's request series for /api/jobs
+            assert prom.values(
+                'buildworker_api_request_duration_seconds_count{route="/api/jobs",method="POST"}'
+            ) == [1.0]
+            # promtool is clean on both scrapes after a build
+            for target in targets.values():
+                text = httpx.get(f"http://{target[0]}/metrics", timeout=10).text
+                print(f"--- scrape of {target[0]} ---\n{text}")
+                lint = subprocess.run(
+                    [promtool(), "check", "metrics"], input=text, capture_output=True, text=True
+                )
+                assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout
+    finally:
+        stop(worker, timeout=120)
