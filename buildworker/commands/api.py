@@ -21,6 +21,7 @@ import threading
 import time
 from types import FrameType
 
+import sqlalchemy.exc
 import structlog
 import uvicorn
 from fastapi import FastAPI
@@ -192,6 +193,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     host, _, port = (args.bind or config.api.bind).rpartition(":")
     notifier.status("starting: migrating the database")
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except sqlalchemy.exc.OperationalError as exc:
+        # No READY=1: systemd restarts the unit after RestartSec (Restart=on-failure).
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"buildworker: database: {config.database.url}: {reason}", file=sys.stderr)
+        return 1
     ApiService(app, host=host.strip("[]"), port=int(port), notifier=notifier).run()
     return 0

@@ -178,3 +178,22 @@ def test_watchdog_pings_stop_while_the_event_loop_is_wedged(
         thread.join(30)
         app.state.engine.dispose()
     assert listener.count("STOPPING") == 1
+
+
+def test_a_database_that_does_not_answer_at_start_is_a_clear_error_and_no_ready(
+    tmp_path: Path, amqp_url: str, listener: NotifyListener
+) -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none"
+    conf = api_conf(
+        tmp_path / "worker.conf",
+        port=free_port(),
+        db_url=url,
+        amqp_url=amqp_url,
+        store=tmp_path / "store",
+    )
+    log = tmp_path / "api.log"
+    proc = start_api(conf, log, env={"NOTIFY_SOCKET": listener.address})
+    assert proc.wait(60) == 1
+    assert f"buildworker: database: {url}: connection failed" in log.read_text()
+    assert listener.count("READY") == 0
+    assert listener.statuses() == ["starting: migrating the database"]
