@@ -25,6 +25,7 @@ import sqlalchemy.exc
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
 from buildworker.api.app import create_app
 from buildworker.config import load_config
@@ -198,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     except sqlalchemy.exc.OperationalError as exc:
         # No READY=1: systemd restarts the unit after RestartSec (Restart=on-failure).
         reason = str(exc.orig or exc).strip().splitlines()[0]
-        print(f"buildworker: database: {config.database.url}: {reason}", file=sys.stderr)
+        where = make_url(config.database.url).render_as_string(hide_password=True)
+        print(f"buildworker: database: {where}: {reason}", file=sys.stderr)
         return 1
     ApiService(app, host=host.strip("[]"), port=int(port), notifier=notifier).run()
     return 0

@@ -183,7 +183,7 @@ def test_watchdog_pings_stop_while_the_event_loop_is_wedged(
 def test_a_database_that_does_not_answer_at_start_is_a_clear_error_and_no_ready(
     tmp_path: Path, amqp_url: str, listener: NotifyListener
 ) -> None:
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none"
+    url = f"postgresql+psycopg://postgres:hunter22@127.0.0.1:{free_port()}/none"
     conf = api_conf(
         tmp_path / "worker.conf",
         port=free_port(),
@@ -194,6 +194,8 @@ def test_a_database_that_does_not_answer_at_start_is_a_clear_error_and_no_ready(
     log = tmp_path / "api.log"
     proc = start_api(conf, log, env={"NOTIFY_SOCKET": listener.address})
     assert proc.wait(60) == 1
-    assert f"buildworker: database: {url}: connection failed" in log.read_text()
+    text = log.read_text()
+    assert f"buildworker: database: {url.replace('hunter22', '***')}: connection failed" in text
+    assert "hunter22" not in text  # the password is never printed
     assert listener.count("READY") == 0
     assert listener.statuses() == ["starting: migrating the database"]
