@@ -9,7 +9,16 @@ import structlog
 from fastapi import FastAPI
 
 from buildworker import __version__
-from buildworker.api import background, files, groups, internal, public, secrets
+from buildworker.api import (
+    background,
+    files,
+    groups,
+    internal,
+    public,
+    secrets,
+    ssh_internal,
+    ssh_keys,
+)
 from buildworker.api.crypto import SecretBox
 from buildworker.api.errors import install_handlers
 from buildworker.config import Config
@@ -61,4 +70,6 @@ def create_app(config: Config, *, migrate: bool = True) -> FastAPI:
     app.include_router(secrets.router)
     app.include_router(internal.router)
     app.include_router(files.router)
+    app.include_router(ssh_keys.router)
+    app.include_router(ssh_internal.router)
     return app
