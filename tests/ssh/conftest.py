@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .entry import EntryPoint
 
 
 def keygen(directory: Path, name: str, kind: str = "ed25519", bits: int | None = None) -> Path:
@@ -47,3 +51,27 @@ def fingerprint(pub: Path) -> str:
         timeout=30,
     ).stdout
     return out.split()[1]
+
+
+@pytest.fixture(scope="module")
+def entry_point(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EntryPoint]:
+    """A live API with alice, bob, carol (keys registered) and dave (key not registered),
+    Debian's sshd with the shipped configuration on a loopback port, the control server."""
+    from worker.worker_helpers import LiveApi, api_config
+
+    from .entry import start_entry_point
+
+    data = tmp_path_factory.mktemp("api")
+    api = LiveApi(api_config(data, f"sqlite:///{data / 'buildworker.db'}"))
+    try:
+        point = start_entry_point(api)
+    except BaseException:
+        api.close()
+        raise
+    try:
+        for name in ("alice", "bob", "carol"):
+            point.add_person(name)
+        point.add_person("dave", register_key=False)
+        yield point
+    finally:
+        point.close()
