@@ -239,7 +239,11 @@ def test_port_forwarding_is_refused_both_ways(entry_point: EntryPoint) -> None:
             assert received == b""
         finally:
             client.terminate()
-            _, stderr = client.communicate(timeout=30)
+            try:
+                _, stderr = client.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                client.kill()
+                _, stderr = client.communicate(timeout=30)
         assert "administratively prohibited" in stderr or "open failed" in stderr, stderr
         assert target.accepted == 0
     finally:
@@ -393,3 +397,19 @@ def test_a_peer_whose_uid_is_not_admitted_gets_no_answer(
     finally:
         server.close()
         handle.end("success")
+
+
+def test_install_again_changes_nothing(entry_point: EntryPoint) -> None:
+    from buildworker.config import load_config
+    from buildworker.ssh.sshd import install
+
+    conf = entry_point.root / "worker.conf"
+    before = (entry_point.root / "sshd_config").read_text()
+    done = install(
+        load_config(conf), conf, entry_point.root / "bin" / "buildworker", accounts=False
+    )
+    assert done == []
+    assert (entry_point.root / "sshd_config").read_text() == before
+    st = conf.stat()
+    assert oct(st.st_mode & 0o777) == "0o640"
+    assert st.st_gid == pwd.getpwnam(KEYS_USER).pw_gid
