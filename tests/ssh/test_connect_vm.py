@@ -8,6 +8,7 @@ One guest for the module: boots cost 5-20 s of two shared cores under TCG.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,25 +36,29 @@ VM_ROOT = Path("/var/lib/buildworker/test-vms")
 def guest_conn() -> Iterator[GuestConnection]:
     work_dir = VM_ROOT / f"ssh-{uuid.uuid4().hex[:8]}"
     work_dir.mkdir(parents=True, mode=0o755)
-    config = VmConfig(
-        ssh_key=REPO / ".state" / "id_ed25519", work_dir=work_dir, settle_timeout=240.0
-    )
-    hypervisor = Hypervisor(config, worker_name=f"tssh{uuid.uuid4().hex[:8]}")
-    # (in a worktree, images/debian/bookworm may be a link to another checkout's images)
-    images = (REPO / "images" / "debian" / "bookworm").resolve().parents[1]
-    image = ImageCatalogue(images).resolve("debian/bookworm", None)
-    guest = hypervisor.boot(image, job_id=1, attempt=1)
     try:
-        conn = guest.wait_ready(config.settle_timeout)
-        # what a build leaves behind: ~/.buildenv and a clone directory
-        conn.upload("~/.buildenv", b"#!/bin/sh\nexport GREETING='hello from buildenv'\n")
-        conn.upload("~/myrepo/README.md", b"# my repo\n")
-        yield conn
+        config = VmConfig(
+            ssh_key=REPO / ".state" / "id_ed25519", work_dir=work_dir, settle_timeout=240.0
+        )
+        # (in a worktree, images/debian/bookworm may be a link to another checkout's images)
+        images = (REPO / "images" / "debian" / "bookworm").resolve().parents[1]
+        image = ImageCatalogue(images).resolve("debian/bookworm", None)
+        hypervisor = Hypervisor(config, worker_name=f"tssh{uuid.uuid4().hex[:8]}")
+        try:
+            guest = hypervisor.boot(image, job_id=1, attempt=1)
+            try:
+                conn = guest.wait_ready(config.settle_timeout)
+                # what a build leaves behind: ~/.buildenv and a clone directory
+                conn.upload("~/.buildenv", b"#!/bin/sh\nexport GREETING='hello from buildenv'\n")
+                conn.upload("~/myrepo/README.md", b"# my repo\n")
+                yield conn
+            finally:
+                guest.destroy()
+        finally:
+            hypervisor.reap_leftovers()
+            hypervisor.close()
     finally:
-        guest.destroy()
-        hypervisor.reap_leftovers()
-        hypervisor.close()
-        work_dir.rmdir() if work_dir.exists() and not any(work_dir.iterdir()) else None
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 class Recorder:
