@@ -252,6 +252,46 @@ class WorkerConfig:
     max_log_size: int = field(
         default=64 * 1024**2, metadata=opt("size", "per-job log cap; output past it is dropped")
     )
+    standby: float = field(
+        default=600.0,
+        metadata=opt("duration", "a failed build's VM waits this long for an SSH login"),
+    )
+    shell_idle: float = field(
+        default=600.0,
+        metadata=opt("duration", "shell: true builds end after this long with no SSH session"),
+    )
+    ssh_host: str = field(
+        default="",
+        metadata=opt("str", "HOST or HOST:PORT users SSH to (empty: [worker] name, [ssh] port)"),
+    )
+    control_socket: Path = field(
+        default=Path("/run/buildworker/control.sock"),
+        metadata=opt("path", "Unix socket the SSH forced command reaches the daemon on"),
+    )
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    listen: tuple[str, ...] = field(
+        default=("0.0.0.0:22",),
+        metadata=opt("list", "HOST:PORT addresses the build host's sshd listens on"),
+    )
+    user: str = field(default="builds", metadata=opt("str", "the account users log in as"))
+    keys_user: str = field(
+        default="buildworker-keys",
+        metadata=opt("str", "runs the AuthorizedKeysCommand; must be able to read this file"),
+    )
+    host_keys: Path = field(
+        default=Path("/etc/buildworker/ssh"),
+        metadata=opt("path", "directory of the entry point's own host keys"),
+    )
+    sshd_config: Path = field(
+        default=Path("/etc/buildworker/sshd_config"),
+        metadata=opt("path", "where `buildworker ssh install` writes the sshd configuration"),
+    )
+    sshd: Path = field(
+        default=Path("/usr/sbin/sshd"), metadata=opt("path", "OpenSSH's sshd binary")
+    )
 
 
 @dataclass(frozen=True)
@@ -369,6 +409,7 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     vm: VmConfig = field(default_factory=VmConfig)
+    ssh: SshConfig = field(default_factory=SshConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     log: LogConfig = field(default_factory=LogConfig)
     mail: MailConfig = field(default_factory=MailConfig)

@@ -9,7 +9,16 @@ import structlog
 from fastapi import FastAPI
 
 from buildworker import __version__
-from buildworker.api import background, files, groups, internal, public, secrets
+from buildworker.api import (
+    background,
+    files,
+    groups,
+    internal,
+    public,
+    secrets,
+    ssh_internal,
+    ssh_keys,
+)
 from buildworker.api import health as health_routes
 from buildworker.api import metrics as api_metrics
 from buildworker.api.crypto import SecretBox
@@ -67,4 +76,6 @@ def create_app(config: Config, *, migrate: bool = True) -> FastAPI:
     api_metrics.install(app, cache_s=config.api.metrics_cache)
     health_routes.install(app.state)
     app.include_router(health_routes.router)
+    app.include_router(ssh_keys.router)
+    app.include_router(ssh_internal.router)
     return app

@@ -22,7 +22,14 @@ __all__ = [
 ]
 
 #: Scopes a token may carry; "*" grants everything. A write scope implies its read scope.
-KNOWN_SCOPES = ("jobs:read", "jobs:write", "secrets:read", "secrets:write")
+KNOWN_SCOPES = (
+    "jobs:read",
+    "jobs:write",
+    "secrets:read",
+    "secrets:write",
+    "keys:read",
+    "keys:write",
+)
 
 _TOKEN = re.compile(r"^[0-9a-f]{64}$")
 _SCHEMES = {"token", "bearer"}

@@ -5,6 +5,9 @@
     buildworker admin token create USER --scopes "jobs:read jobs:write" [--name N]
     buildworker admin token list USER
     buildworker admin token revoke ID
+    buildworker admin ssh-key add USER FILE   (a .pub file, or - for stdin; one key a line)
+    buildworker admin ssh-key list USER
+    buildworker admin ssh-key remove USER ID
     buildworker admin gen-key          (a Fernet key for [api] secret-key)
     buildworker admin migrate          (bring the database to the latest schema)
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,7 +41,7 @@ from buildworker.db.migrate import upgrade
 from buildworker.db.models import User
 
 NAME = "admin"
-HELP = "manage users and API tokens (the token is printed once)"
+HELP = "manage users, API tokens and SSH keys (a token is printed once)"
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -70,6 +74,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tlist.add_argument("username")
     revoke = token.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id", type=int)
+
+    key = groups.add_parser("ssh-key", help="users' SSH keys (for SSH into builds)")
+    key_actions = key.add_subparsers(dest="action", metavar="ACTION", required=True)
+    kadd = key_actions.add_parser("add", help="add the keys of a .pub file (- for stdin)")
+    kadd.add_argument("username")
+    kadd.add_argument("file")
+    klist = key_actions.add_parser("list", help="list a user's SSH keys")
+    klist.add_argument("username")
+    kremove = key_actions.add_parser("remove", help="remove one of a user's SSH keys by id")
+    kremove.add_argument("username")
+    kremove.add_argument("id", type=int)
 
     groups.add_parser("gen-key", help="print a new Fernet key for [api] secret-key")
     groups.add_parser("migrate", help="migrate the database to the latest schema")
@@ -108,12 +123,66 @@ def _token_revoke(session: Session, args: argparse.Namespace) -> None:
     print(f"revoked token {token.id}")
 
 
+def _key_lines(source: str) -> list[tuple[int, str]]:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AccountError(f"{source}: cannot read: {exc}") from None
+    lines = [
+        (number, line.strip())
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not lines:
+        raise AccountError(f"{source}: no key in it")
+    return lines
+
+
+def _ssh_key_add(session: Session, args: argparse.Namespace) -> None:
+    from buildworker.api.ssh_keys import SshKeyRefused, add_ssh_key
+
+    user = get_user(session, args.username)
+    refused = []
+    for number, line in _key_lines(args.file):
+        try:
+            key = add_ssh_key(session, user, line)
+        except SshKeyRefused as exc:
+            refused.append(f"{args.file}:{number}: {exc.reason}")
+            continue
+        print(f"added key {key.id} for ~{user.username}: {key.fingerprint} {key.comment or ''}")
+    if refused:
+        raise AccountError("; ".join(refused))
+
+
+def _ssh_key_list(session: Session, args: argparse.Namespace) -> None:
+    from buildworker.db.models import SshKey
+
+    user = get_user(session, args.username)
+    keys = session.scalars(select(SshKey).where(SshKey.user_id == user.id).order_by(SshKey.id))
+    for key in keys:
+        used = key.last_used.isoformat() if key.last_used else "never"
+        kind = key.key.split(" ", 1)[0]
+        print(f"{key.id}\t{key.fingerprint}\t{kind}\t{key.comment or '-'}\tlast used {used}")
+
+
+def _ssh_key_remove(session: Session, args: argparse.Namespace) -> None:
+    from buildworker.api.ssh_keys import delete_ssh_key
+
+    user = get_user(session, args.username)
+    if not delete_ssh_key(session, user, args.id):
+        raise AccountError(f"~{user.username} has no SSH key with id {args.id}")
+    print(f"removed SSH key {args.id} of ~{user.username}")
+
+
 _ACTIONS: dict[tuple[str, str], Callable[[Session, argparse.Namespace], None]] = {
     ("user", "add"): _user_add,
     ("user", "list"): _user_list,
     ("token", "create"): _token_create,
     ("token", "list"): _token_list,
     ("token", "revoke"): _token_revoke,
+    ("ssh-key", "add"): _ssh_key_add,
+    ("ssh-key", "list"): _ssh_key_list,
+    ("ssh-key", "remove"): _ssh_key_remove,
 }
 
 

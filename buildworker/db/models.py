@@ -37,6 +37,7 @@ __all__ = [
     "JobGroup",
     "Outbox",
     "Secret",
+    "SshKey",
     "Task",
     "Token",
     "TriggerDelivery",
@@ -244,6 +245,29 @@ class Secret(Base):
     path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     mode: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+
+
+class SshKey(Base):
+    """A user's SSH public key (meta.sr.ht's ``sshkey``): who may log in to build hosts.
+
+    A fingerprint is unique across all users, so a presented key names one user.
+    """
+
+    __tablename__ = "ssh_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    #: "<type> <base64>" (buildworker.ssh.keys.PublicKey.text)
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    #: "SHA256:<base64>" of the key blob, as ssh-keygen -l prints it
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    comment: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    last_used: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    user: Mapped[User] = relationship(lazy="joined")
 
 
 class Worker(Base):

@@ -265,6 +265,12 @@ class GuestConnection:
             finally:
                 chan.close()
 
+    def open_channel(self) -> paramiko.Channel:
+        """A new session channel on this connection, for a caller that drives it itself (the
+        worker's control socket relays users' SSH sessions through it). Raises GuestError."""
+        with map_paramiko_errors(f"{self._description}: open a session"):
+            return self._session()
+
     def _check(self, cancel: threading.Event | None, deadline: float | None, command: str) -> None:
         if cancel is not None and cancel.is_set():
             raise CommandCancelled(f"{self._description}: cancelled: {command!r}")

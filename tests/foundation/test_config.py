@@ -117,7 +117,7 @@ def test_example_defaults_are_the_real_defaults() -> None:
     text = _uncommented_example().replace("name = <hostname>", "")
     parsed = parse_config(text)
     defaults = Config()
-    for section in ("api", "database", "store", "broker", "vm", "client", "log"):
+    for section in ("api", "database", "store", "broker", "vm", "ssh", "client", "log"):
         assert getattr(parsed, section) == getattr(defaults, section), section
     assert parsed.worker.timeout == defaults.worker.timeout
     assert parsed.worker == defaults.worker
