@@ -15,6 +15,7 @@ from buildworker.api.errors import install_handlers
 from buildworker.config import Config
 from buildworker.db.engine import make_engine, make_sessionmaker
 from buildworker.db.migrate import upgrade
+from buildworker.web.mount import install as install_web
 
 __all__ = ["create_app"]
 
@@ -61,4 +62,5 @@ def create_app(config: Config, *, migrate: bool = True) -> FastAPI:
     app.include_router(secrets.router)
     app.include_router(internal.router)
     app.include_router(files.router)
+    install_web(app, config)  # the web pages: after the API, whose paths come first
     return app
