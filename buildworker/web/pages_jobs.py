@@ -178,7 +178,11 @@ def cancel(
             raise PageError(403, "Not allowed", "You may not cancel this job.") from None
         flash(request, str(exc))
         return redirect(page)
-    flash(request, "Cancel requested: the job stops at its worker's next heartbeat.")
+    db.refresh(job)
+    if job.status == "running":
+        flash(request, "Cancel requested: the build stops within seconds.")
+    else:
+        flash(request, f"The job is {job.status}.")
     return redirect(page)
 
 

@@ -52,7 +52,7 @@ def parse_query(text: str) -> list[Term]:
         key, sep, value = word.partition(":")
         if sep and key in KEYS:
             terms.append(Term(key, value, negated))
-        elif sep and key.isidentifier():
+        elif sep and key.isidentifier() and not value.startswith("//"):  # a URL is a word
             known = ", ".join(f"{k}:" for k in KEYS)
             raise SearchError(f"Invalid search key '{key}' (known: {known})")
         else:
