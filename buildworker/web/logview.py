@@ -65,7 +65,9 @@ def render_lines(
     for line in lines:
         body, state = render_line(line.removesuffix("\r"), state)
         anchor = f"{prefix}-{number}"
-        out.append(f'<span id="{anchor}"><a href="#{anchor}">{number}</a>{body}</span>\n')
+        # No newline between lines: each line is a block (a "\n" in the <pre> would add a
+        # blank line after each); copying text still yields one line per line.
+        out.append(f'<span id="{anchor}"><a href="#{anchor}">{number}</a>{body}</span>')
         number += 1
     return "".join(out), number, state, end
 

@@ -167,7 +167,6 @@
       var r = renderLine(line, this.state);
       this.state = r.state;
       fragment.appendChild(this.element(r.runs, this.line++));
-      fragment.appendChild(document.createTextNode("\n"));
     }
     if (this.pending) {
       // A line still being written: shown now, redrawn when the rest of it arrives.
