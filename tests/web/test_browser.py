@@ -89,9 +89,7 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> float:
     raise AssertionError("timed out")
 
 
-def test_the_live_log_follows_without_a_reload_and_stops_at_the_end(
-    live: Live, page: Any
-) -> None:
+def test_the_live_log_follows_without_a_reload_and_stops_at_the_end(live: Live, page: Any) -> None:
     job_id = live.submit(note="live **log**")
     browser_sign_in(page, live.url, "alice")
     page.goto(f"{live.url}/~alice/job/{job_id}")
@@ -148,13 +146,11 @@ def test_the_live_log_survives_an_api_restart(live: Live, page: Any) -> None:
     wait_for(lambda: page.inner_text("#job-status") == "success")
 
 
-def test_html_in_logs_and_notes_executes_nothing_and_shows_as_text(
-    live: Live, page: Any
-) -> None:
-    note = "<script>alert('note')</script> <img src=x onerror=alert('img')> [a](javascript:alert(1))"
-    job_id = live.submit(
-        MANIFEST + "# </pre><script>alert('manifest')</script>\n", note=note
+def test_html_in_logs_and_notes_executes_nothing_and_shows_as_text(live: Live, page: Any) -> None:
+    note = (
+        "<script>alert('note')</script> <img src=x onerror=alert('img')> [a](javascript:alert(1))"
     )
+    job_id = live.submit(MANIFEST + "# </pre><script>alert('manifest')</script>\n", note=note)
     worker = live.worker(job_id)
     hostile = b"<script>alert(1)</script></pre><b>bold?</b>\x1b]0;owned-title\x07\n"
     worker.log("build", hostile)

@@ -17,6 +17,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,7 +115,9 @@ def lines(page: Any, log: str) -> list[str]:
 def test_submit_watch_download_resubmit_and_cancel_in_a_browser(stack: Stack) -> None:
     base = stack.live.url
     with chromium() as browser:
-        context = browser.new_context(viewport={"width": 1000, "height": 900}, accept_downloads=True)
+        context = browser.new_context(
+            viewport={"width": 1000, "height": 900}, accept_downloads=True
+        )
         page = context.new_page()
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
@@ -131,19 +134,23 @@ def test_submit_watch_download_resubmit_and_cancel_in_a_browser(stack: Stack) ->
         # The first task's output appears while it runs, without a reload
         wait_for(lambda: "1first-line" in lines(page, "build"), timeout=300)
         assert page.inner_text("#job-status") == "running"
-        assert page.eval_on_selector('[data-task-status="build"]', "e => e.textContent") == "running"
+        assert (
+            page.eval_on_selector('[data-task-status="build"]', "e => e.textContent") == "running"
+        )
         wait_for(lambda: any("tick 2" in line for line in lines(page, "build")), timeout=60)
         assert page.eval_on_selector("#task-build-3 span", "e => e.className") == "a-f2"
         page.screenshot(path=str(screenshot_dir() / "running-job-vm.png"))
         # The status turns to success in place
         wait_for(lambda: page.inner_text("#job-status") == "success", timeout=300)
         assert page.evaluate("window.__sameDocument") == 7
-        assert page.eval_on_selector('[data-task-status="check"]', "e => e.textContent") == "success"
+        assert (
+            page.eval_on_selector('[data-task-status="check"]', "e => e.textContent") == "success"
+        )
         # The artifact link downloads the file byte-identical (sha256 printed in the guest)
         wait_for(lambda: page.query_selector("#artifact-list a") is not None, timeout=30)
         with page.expect_download() as info:
             page.click("#artifact-list a")
-        blob = open(info.value.path(), "rb").read()
+        blob = Path(info.value.path()).read_bytes()
         assert len(blob) == 200000
         printed = " ".join(lines(page, "build"))
         assert hashlib.sha256(blob).hexdigest() in printed
