@@ -206,3 +206,34 @@ def test_the_page_is_readable_on_a_phone(browser: Any, live: Live) -> None:
         assert width <= 375, width
     finally:
         context.close()
+
+
+def test_a_second_user_and_a_visitor_see_only_what_the_api_lets_them(
+    browser: Any, live: Live
+) -> None:
+    from web_helpers import add_user
+
+    if not hasattr(live, "bob"):
+        live.bob = add_user(live.api.app, "bob")  # type: ignore[attr-defined]
+    private = live.submit(note="alice's private plan", **{"access:read": []})
+    public = live.submit(note="alice's public build")
+    worker = live.worker(public)
+    worker.log("build", b"running\n")
+    for who in ("bob", None):
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            if who:
+                browser_sign_in(page, live.url, who)
+            response = page.goto(f"{live.url}/~alice/job/{private}")
+            assert response.status == 404 and "Not found" in page.inner_text("h1")
+            assert "private plan" not in page.content()
+            page.goto(f"{live.url}/~alice/job/{public}")
+            assert page.inner_text("#job-status") == "running"
+            assert page.query_selector("#cancel-form") is None
+            page.goto(f"{live.url}/~alice")
+            listing = page.inner_text("main")
+            assert "alice's public build" in listing and "private plan" not in listing
+        finally:
+            context.close()
+    worker.finish("success")

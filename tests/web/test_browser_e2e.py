@@ -32,6 +32,10 @@ from buildworker.worker.daemon import Daemon
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
+#: The images directory the bookworm image really lives in (a worktree may link it from
+#: another checkout, and the catalogue refuses images that resolve outside its root).
+REAL_IMAGES = (IMAGES / "debian" / "bookworm").resolve().parent.parent
+
 AMQP = "amqp://guest:guest@127.0.0.1:5672"
 MANIFEST = """\
 image: debian/bookworm
@@ -76,7 +80,7 @@ class Stack:
             db.commit()
         vms = Hypervisor(config.vm, worker_name=config.worker.name)
         self.daemon = Daemon(
-            config, ImageCatalogue(IMAGES), vms, InternalApi(self.live.url, WORKER_TOKEN)
+            config, ImageCatalogue(REAL_IMAGES), vms, InternalApi(self.live.url, WORKER_TOKEN)
         )
         self.daemon.start()
         self.thread = threading.Thread(target=self.daemon.run_until_stopped, daemon=True)
