@@ -116,6 +116,11 @@ def lines(page: Any, log: str) -> list[str]:
     )
 
 
+def has_line(page: Any, log: str, text: str) -> bool:
+    """Whether the log shows a line that is exactly ``text`` (after its number)."""
+    return any(re.fullmatch(rf"\d+{re.escape(text)}", line) for line in lines(page, log))
+
+
 def test_submit_watch_download_resubmit_and_cancel_in_a_browser(stack: Stack) -> None:
     base = stack.live.url
     with chromium() as browser:
@@ -136,13 +141,17 @@ def test_submit_watch_download_resubmit_and_cancel_in_a_browser(stack: Stack) ->
         job_id = int(page.url.rsplit("/", 1)[1])
         page.evaluate("window.__sameDocument = 7")
         # The first task's output appears while it runs, without a reload
-        wait_for(lambda: "1first-line" in lines(page, "build"), timeout=300)
+        # (the task preamble's `set -x` shows "+ echo first-line" before the output line)
+        wait_for(lambda: has_line(page, "build", "first-line"), timeout=300)
         assert page.inner_text("#job-status") == "running"
         assert (
             page.eval_on_selector('[data-task-status="build"]', "e => e.textContent") == "running"
         )
         wait_for(lambda: any("tick 2" in line for line in lines(page, "build")), timeout=60)
-        assert page.eval_on_selector("#task-build-3 span", "e => e.className") == "a-f2"
+        colours = page.eval_on_selector_all(
+            'pre.log[data-log="build"] span.a-f2', "els => els.map(e => e.textContent)"
+        )
+        assert any(text.startswith("tick ") for text in colours), colours
         page.screenshot(path=str(screenshot_dir() / "running-job-vm.png"))
         # The status turns to success in place
         wait_for(lambda: page.inner_text("#job-status") == "success", timeout=300)
@@ -169,7 +178,7 @@ def test_submit_watch_download_resubmit_and_cancel_in_a_browser(stack: Stack) ->
         second = int(page.url.rsplit("/", 1)[1])
         assert second != job_id
         # Cancel the running job from its page
-        wait_for(lambda: "1started-waiting" in lines(page, "wait"), timeout=300)
+        wait_for(lambda: has_line(page, "wait", "started-waiting"), timeout=300)
         page.click("#cancel-form button")
         page.wait_for_url(f"{base}/~alice/job/{second}")
         wait_for(lambda: page.inner_text("#job-status") == "cancelled", timeout=60)
