@@ -402,6 +402,22 @@ class TriggersConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    session_key: str = field(
+        default="",
+        metadata=opt(
+            "str", "key signing web session cookies; empty: derived from [api] secret-key"
+        ),
+    )
+    session_lifetime: float = field(
+        default=14 * 86400.0, metadata=opt("duration", "how long a web sign-in lasts")
+    )
+    site_name: str = field(
+        default="buildworker", metadata=opt("str", "name in page titles and the badge label")
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -414,6 +430,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     triggers: TriggersConfig = field(default_factory=TriggersConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     source: Path | None = None
 
 

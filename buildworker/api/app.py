@@ -26,6 +26,7 @@ from buildworker.api.errors import install_handlers
 from buildworker.config import Config
 from buildworker.db.engine import make_engine, make_sessionmaker
 from buildworker.db.migrate import upgrade
+from buildworker.web.mount import install as install_web
 
 __all__ = ["create_app"]
 
@@ -78,4 +79,5 @@ def create_app(config: Config, *, migrate: bool = True) -> FastAPI:
     app.include_router(health_routes.router)
     app.include_router(ssh_keys.router)
     app.include_router(ssh_internal.router)
+    install_web(app, config)  # the web pages: after the API, whose paths come first
     return app

@@ -19,6 +19,7 @@ from buildworker.api.auth import AuthError, has_scope, hash_token, parse_authori
 from buildworker.api.errors import ApiError
 from buildworker.config import Config
 from buildworker.db.models import Token, User, utcnow
+from buildworker.web.session import session_user
 
 __all__ = [
     "SessionDep",
@@ -27,6 +28,7 @@ __all__ = [
     "get_session",
     "get_store",
     "optional_user",
+    "optional_user_or_session",
 ]
 
 #: last_used is written at most this often per token, so reads stay reads.
@@ -106,5 +108,20 @@ def optional_user(scope: str) -> Callable[[Request, Session], User | None]:
                 f"Your OAuth token is not permitted to use this endpoint (needs {scope})", 403
             )
         return token.user
+
+    return dependency
+
+
+def optional_user_or_session(scope: str) -> Callable[[Request, Session], User | None]:
+    """Like optional_user, but without an Authorization header the web session's user (if
+    signed in) reads: the log and artifact links of a private job open in the browser of
+    someone who may read it. Only for GET/HEAD routes (a cookie is no CSRF-proof write)."""
+    by_token = optional_user(scope)
+
+    def dependency(request: Request, session: SessionDep) -> User | None:
+        user = by_token(request, session)
+        if user is None and request.method in ("GET", "HEAD"):
+            return session_user(request, session)
+        return user
 
     return dependency

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from buildworker.api.access import can_read
-from buildworker.api.deps import SessionDep, optional_user
+from buildworker.api.deps import SessionDep, optional_user_or_session
 from buildworker.api.errors import ApiError
 from buildworker.db.models import Artifact, Job, Task, User
 from buildworker.store import InvalidName, Store, read_range
@@ -33,7 +33,7 @@ from buildworker.store import InvalidName, Store, read_range
 __all__ = ["ByteRange", "RangeNotSatisfiable", "parse_range", "router"]
 
 router = APIRouter(tags=["logs and artifacts"])
-MaybeReader = Annotated[User | None, Depends(optional_user("jobs:read"))]
+MaybeReader = Annotated[User | None, Depends(optional_user_or_session("jobs:read"))]
 
 
 class RangeNotSatisfiable(ValueError):

@@ -45,6 +45,7 @@ from buildworker.db.models import TERMINAL_JOB_STATUSES, Artifact, Job, Task, Wo
 from buildworker.manifest import ManifestError, parse_manifest
 from buildworker.store import ArtifactTooLarge, InvalidName, LogGap, Store
 from buildworker.triggers.dispatch import record_job_triggers
+from buildworker.web.urls import job_page_url
 
 __all__ = ["SETUP_LOG", "router"]
 
@@ -319,7 +320,7 @@ def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -
         "attempt": job.attempt,
         "manifest": job.manifest,
         "secrets": secrets,
-        "job_url": f"{origin}/api/jobs/{job.id}",
+        "job_url": job_page_url(origin, job.owner.username, job.id),
         "owner": job.owner.username,
         "owner_canonical_name": job.owner.canonical_name,
         "owner_email": job.owner.email,

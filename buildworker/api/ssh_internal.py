@@ -34,8 +34,9 @@ from buildworker.config import Config
 from buildworker.db.models import Job, User, utcnow
 from buildworker.ssh.keys import InvalidKey, parse_public_key
 from buildworker.ssh.texts import NO_SUCH_JOB, NOT_PERMITTED
+from buildworker.web.urls import job_page_url
 
-__all__ = ["job_page_url", "router"]
+__all__ = ["router"]
 
 _log = structlog.get_logger(__name__)
 
@@ -55,11 +56,6 @@ class KeyOwnerBody(BaseModel):
 
     type: str = Field(min_length=1, max_length=64)
     key: str = Field(min_length=1, max_length=8192)
-
-
-def job_page_url(origin: str, owner: str, job_id: int) -> str:
-    """The job's page, as builds.sr.ht links it: ``<origin>/~owner/job/N``."""
-    return f"{origin}/~{owner}/job/{job_id}"
 
 
 @router.post("/key-owner")

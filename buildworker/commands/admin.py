@@ -2,6 +2,7 @@
 
     buildworker admin user add NAME [--email E]
     buildworker admin user list
+    buildworker admin user password NAME   (the web sign-in password, from a prompt or stdin)
     buildworker admin token create USER --scopes "jobs:read jobs:write" [--name N]
     buildworker admin token list USER
     buildworker admin token revoke ID
@@ -41,7 +42,7 @@ from buildworker.db.migrate import upgrade
 from buildworker.db.models import User
 
 NAME = "admin"
-HELP = "manage users, API tokens and SSH keys (a token is printed once)"
+HELP = "manage users, web passwords, API tokens and SSH keys (a token is printed once)"
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -58,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("username")
     add.add_argument("--email", default=None)
     user.add_parser("list", help="list users")
+    password = user.add_parser(
+        "password",
+        help="set a user's web sign-in password (asked twice on a terminal, else one line of stdin)",
+    )
+    password.add_argument("username")
 
     token = groups.add_parser("token", help="API tokens").add_subparsers(
         dest="action", metavar="ACTION", required=True
@@ -99,6 +105,32 @@ def _user_add(session: Session, args: argparse.Namespace) -> None:
 def _user_list(session: Session, args: argparse.Namespace) -> None:
     for user in session.scalars(select(User).order_by(User.id)):
         print(f"{user.id}\t~{user.username}\t{user.email or ''}")
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("New password: ")
+        if getpass.getpass("Repeat it: ") != first:
+            raise AccountError("the two passwords differ; nothing changed")
+        return first
+    line = sys.stdin.readline()
+    if not line:
+        raise AccountError("no password on standard input")
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def _user_password(session: Session, args: argparse.Namespace) -> None:
+    from buildworker.web.passwords import PasswordError, set_password
+
+    user = get_user(session, args.username)
+    try:
+        set_password(user, _read_password())
+    except PasswordError as exc:
+        raise AccountError(str(exc)) from None
+    session.commit()
+    print(f"password set for ~{user.username}; their web sessions have ended")
 
 
 def _token_create(session: Session, args: argparse.Namespace) -> None:
@@ -177,6 +209,7 @@ def _ssh_key_remove(session: Session, args: argparse.Namespace) -> None:
 _ACTIONS: dict[tuple[str, str], Callable[[Session, argparse.Namespace], None]] = {
     ("user", "add"): _user_add,
     ("user", "list"): _user_list,
+    ("user", "password"): _user_password,
     ("token", "create"): _token_create,
     ("token", "list"): _token_list,
     ("token", "revoke"): _token_revoke,

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from buildworker.config import load_config
+from buildworker.web.urls import job_page_url
 
 NAME = "submit"
 HELP = "submit a build manifest to the API; --follow streams its logs and exits with its result"
@@ -133,7 +134,7 @@ def _run(args: argparse.Namespace, out: BinaryIO, err: Any) -> int:
             )
         job_id = int(response.json()["id"])
         job_url = f"{url}/api/jobs/{job_id}"
-        out.write(f"{job_url}\n".encode())
+        out.write(f"{job_page_url(url, response.json()['owner']['name'], job_id)}\n".encode())
         out.flush()
         if not args.follow:
             return EXIT_OK

@@ -25,7 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 __all__ = [
     "JOB_STATUSES",
@@ -101,6 +101,8 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(256), unique=True, nullable=False)
     email: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    #: argon2 hash of the web sign-in password (buildworker.web.passwords); None: no sign-in
+    password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
     @property
     def canonical_name(self) -> str:
@@ -160,6 +162,9 @@ class Job(Base):
     manifest: Mapped[str] = mapped_column(Text, nullable=False)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     tags: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    #: the tags joined with "/" (as builds.sr.ht stores them), kept in step with `tags` by
+    #: `_join_tags`, so tag pages and searches can match prefixes and substrings in SQL
+    tag_string: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
     image: Mapped[str] = mapped_column(String(128), nullable=False)
     arch: Mapped[str] = mapped_column(String(64), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending", index=True)
@@ -189,6 +194,11 @@ class Job(Base):
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", order_by="Artifact.id", cascade="all, delete-orphan"
     )
+
+    @validates("tags")
+    def _join_tags(self, _key: str, tags: list[str] | None) -> list[str]:
+        self.tag_string = "/".join(tags or [])
+        return list(tags or [])
 
 
 class Task(Base):

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from buildworker.web.urls import job_page_url
+
 __all__ = [
     "CONDITIONS",
     "FAILURE_STATUSES",
@@ -153,9 +155,9 @@ def go_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def job_url(origin: str, job_id: int) -> str:
-    """The job's URL as the build sees it (``JOB_URL``): the REST resource."""
-    return f"{origin.rstrip('/')}/api/jobs/{job_id}"
+def job_url(origin: str, owner: str, job_id: int) -> str:
+    """The job's page, ``<origin>/~USER/job/N``, as in the guest's ``JOB_URL``."""
+    return job_page_url(origin, owner, job_id)
 
 
 def _status_mark(status: str) -> str:
@@ -201,7 +203,7 @@ def job_email_body(job: JobView, origin: str) -> str:
     note = f"{job.note}\n\n" if job.note else ""
     return (
         f"{job.tag_string or 'Job'} #{job.id}: {job.status.upper()} in {duration}\n\n"
-        f"{note}{job_url(origin, job.id)}\n\n{tasks}"
+        f"{note}{job_url(origin, job.owner_name, job.id)}\n\n{tasks}"
     )
 
 
@@ -227,7 +229,7 @@ def group_email_body(group: GroupView, status: str, origin: str) -> str:
     lines = "".join(
         f"{'✓' if job.status == 'success' else '✗'} #{job.id} "
         f"{job.status.upper():<{width_status}} "
-        f"{job.tag_string or job.image:<{width_label}} {job_url(origin, job.id)}\n"
+        f"{job.tag_string or job.image:<{width_label}} {job_url(origin, job.owner_name, job.id)}\n"
         for job in group.jobs
     )
     return f"{tag or 'Job group'}: {status.upper()} in {duration}\n\n{group.note or ''}\n\n{lines}"
@@ -239,7 +241,8 @@ def group_email_body(group: GroupView, status: str, origin: str) -> str:
 def job_payload(job: JobView, origin: str) -> dict[str, Any]:
     """The webhook payload of builds.sr.ht §4.2, fields in its order; log URLs point at the
     API (never at a build host), null for a job that never started. ``tasks`` is null for a
-    job without tasks. Trailing extras (tags, image, arch) are additions."""
+    job without tasks. Trailing extras (tags, image, arch, url: the job's page) are
+    additions."""
     base = f"{origin.rstrip('/')}/logs/{job.id}"
     tasks: list[dict[str, Any]] | None = [
         {
@@ -260,6 +263,7 @@ def job_payload(job: JobView, origin: str) -> dict[str, Any]:
         "tags": job.tag_string,
         "image": job.image,
         "arch": job.arch,
+        "url": job_url(origin, job.owner_name, job.id),
     }
 
 

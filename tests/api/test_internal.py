@@ -171,7 +171,7 @@ def test_claim_returns_the_job_and_makes_it_running_with_a_lease(
     assert got["job_id"] == job_id and got["attempt"] == 1
     assert got["manifest"] == MANIFEST
     assert got["secrets"] == []
-    assert got["job_url"] == f"{ORIGIN}/api/jobs/{job_id}"
+    assert got["job_url"] == f"{ORIGIN}/~alice/job/{job_id}"  # the page, as JOB_URL
     assert got["owner"] == "alice"
     assert got["tasks"] == ["build", "test"]
     assert got["lease_seconds"] == 60.0

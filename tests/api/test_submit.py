@@ -233,7 +233,7 @@ def test_follow_streams_every_log_and_exits_0_on_success(
     assert worker.error is None, worker.error
     assert done.returncode == 0, done.stderr.decode()
     first, _, rest = done.stdout.partition(b"\n")
-    assert re.fullmatch(rf"{live_api.url}/api/jobs/\d+".encode(), first)
+    assert re.fullmatch(rf"{live_api.url}/~alice/job/\d+".encode(), first)  # the job's page
     # Every byte of every log arrived, each under its header
     got = sections(rest)
     assert got["setup"].replace(b"\n", b"") == worker.written["setup"].replace(b"\n", b"")
@@ -272,7 +272,13 @@ def test_submit_without_follow_prints_the_url_and_leaves_the_job_queued(
     )
     assert done.returncode == 0, done.stderr.decode()
     url = done.stdout.decode().strip()
-    job = httpx.get(url, headers={"Authorization": f"token {live_api.token}"}).json()
+    # The printed URL is the job's page, which a person can read; the REST resource stays
+    page = httpx.get(url)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    job_id = url.rsplit("/", 1)[1]
+    job = httpx.get(
+        f"{live_api.url}/api/jobs/{job_id}", headers={"Authorization": f"token {live_api.token}"}
+    ).json()
     assert job["status"] == "queued" and job["tags"] == "a/b"
 
 
@@ -282,7 +288,7 @@ def test_the_token_and_url_can_come_from_the_config_file(
     live_api.config_file.write_text(f"[client]\nurl = {live_api.url}\ntoken = {live_api.token}\n")
     done = run_submit(live_api, str(manifest_file))
     assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode().startswith(f"{live_api.url}/api/jobs/")
+    assert done.stdout.decode().startswith(f"{live_api.url}/~alice/job/")
 
 
 def test_a_refused_manifest_names_the_field_and_exits_1(live_api: LiveApi, tmp_path: Path) -> None:

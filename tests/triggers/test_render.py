@@ -145,7 +145,7 @@ def test_job_email_body_matches_builds_sr_ht() -> None:
         "\n"
         "Fix the frobnicator\n"
         "\n"
-        "https://ci.example.org/api/jobs/42\n"
+        "https://ci.example.org/~alice/job/42\n"
         "\n"
         "✓ build ✗ test - docs "
     )
@@ -153,7 +153,7 @@ def test_job_email_body_matches_builds_sr_ht() -> None:
 
 def test_job_email_body_without_tags_or_note() -> None:
     assert job_email_body(job(seconds=7), ORIGIN) == (
-        "Job #42: SUCCESS in 7s\n\nhttps://ci.example.org/api/jobs/42\n\n✓ build "
+        "Job #42: SUCCESS in 7s\n\nhttps://ci.example.org/~alice/job/42\n\n✓ build "
     )
 
 
@@ -180,9 +180,9 @@ def test_group_email() -> None:
         "\n"
         "release 1.2\n"
         "\n"
-        "✓ #1 SUCCESS proj/alpine https://ci.example.org/api/jobs/1\n"
-        "✗ #2 TIMEOUT proj/debian https://ci.example.org/api/jobs/2\n"
-        "✓ #3 SUCCESS alpine/edge https://ci.example.org/api/jobs/3\n"
+        "✓ #1 SUCCESS proj/alpine https://ci.example.org/~alice/job/1\n"
+        "✗ #2 TIMEOUT proj/debian https://ci.example.org/~alice/job/2\n"
+        "✓ #3 SUCCESS alpine/edge https://ci.example.org/~alice/job/3\n"
     )
 
 
@@ -192,7 +192,7 @@ def test_group_email_without_tags_is_a_job_group() -> None:
     body = group_email_body(group, "failed", ORIGIN)
     assert body.startswith("Job group: FAILED in 2m13s\n\n\n\n✓ #1 SUCCESS debian/bookworm ")
     # the status column is padded to the widest status
-    assert "✗ #2 FAILED  debian/bookworm https://ci.example.org/api/jobs/2\n" in body
+    assert "✗ #2 FAILED  debian/bookworm https://ci.example.org/~alice/job/2\n" in body
 
 
 # --- payloads ------------------------------------------------------------------------------
@@ -215,6 +215,7 @@ def test_job_payload_has_the_fields_of_builds_sr_ht_in_order() -> None:
         "tags": "a/b",
         "image": "debian/bookworm",
         "arch": "amd64",
+        "url": "https://ci.example.org/~alice/job/42",
     }
 
 

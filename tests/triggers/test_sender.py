@@ -259,7 +259,7 @@ def test_email_is_received_with_builds_sr_ht_headers_and_body(
     assert body == (
         f"proj/main #{job_id}: FAILED in 2m13s\n\n"
         "Fix the frobnicator\n\n"
-        f"{ORIGIN}/api/jobs/{job_id}\n\n"
+        f"{ORIGIN}/~alice/job/{job_id}\n\n"
         "✓ build ✗ test \n"
     )
 
@@ -319,8 +319,8 @@ def test_group_email_end_to_end(sessions: sessionmaker[Session], smtp_server: Sm
     a, b = (job.id for job in jobs)
     assert body == (
         "proj: FAILED in 2m13s\n\nrelease\n\n"
-        f"✓ #{a} SUCCESS proj/a {ORIGIN}/api/jobs/{a}\n"
-        f"✗ #{b} FAILED  proj/b {ORIGIN}/api/jobs/{b}\n"
+        f"✓ #{a} SUCCESS proj/a {ORIGIN}/~alice/job/{a}\n"
+        f"✗ #{b} FAILED  proj/b {ORIGIN}/~alice/job/{b}\n"
     )
 
 

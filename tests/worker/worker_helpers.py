@@ -17,10 +17,19 @@ from typing import Any
 WORKER_TOKEN = "worker-test-token"
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server whose URL must be known first)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
 class LiveApi:
     """The real API app (SQLite, a store in tmp) under uvicorn on 127.0.0.1; restartable."""
 
-    def __init__(self, config: Any, lifespan: str = "off") -> None:
+    def __init__(self, config: Any, lifespan: str = "off", port: int | None = None) -> None:
         from buildworker.api.accounts import create_token, create_user
         from buildworker.api.app import create_app
 
@@ -31,10 +40,7 @@ class LiveApi:
             user = create_user(session, "alice", "alice@example.org")
             self.user_token = create_token(session, user, "*", name="all").token
             session.commit()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: Any = None
         self._thread: threading.Thread | None = None
