@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from buildworker import __version__
 from buildworker.api import background, files, groups, internal, public, secrets
+from buildworker.api.body import MAX_BODY
 from buildworker.api.crypto import SecretBox
 from buildworker.api.errors import install_handlers
 from buildworker.config import Config
@@ -49,6 +50,8 @@ def create_app(config: Config, *, migrate: bool = True) -> FastAPI:
         docs_url="/api/docs",
         redoc_url=None,
         lifespan=lifespan,
+        # Counted as the body streams, chunked or not; routes that take more say so.
+        max_body_size=MAX_BODY,
     )
     app.state.config = config
     app.state.engine = engine
