@@ -274,6 +274,10 @@ class VmConfig:
         default=(),
         metadata=opt("list", "explicit guest→host forwards, GUESTIP:PORT=127.0.0.1:PORT"),
     )
+    allow_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("list", "private or link-local ranges guests may reach (CIDR, comma-separated)"),
+    )
     qemu_user: str = field(
         default="libvirt-qemu",
         metadata=opt("str", "user libvirt runs qemu as; the isolation rule matches its uid"),

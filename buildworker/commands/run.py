@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        vms.close()  # withdraws the forwards and allowed networks of this run
     summary = ", ".join(f"{name}: {status}" for name, status in result.task_statuses.items())
     print(
         f"buildworker run: {result.status}"

@@ -141,27 +141,25 @@ def git_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
 
 @pytest.fixture
 def keep_forward() -> Iterator[Any]:
-    """Forward a host port to guests for this test, as `[vm] forwards` would, then remove it.
+    """Forward a host port to guests for this test, as `[vm] forwards` would, then withdraw it.
 
-    Forwards are additive (a shared nftables set), so workers this test starts keep it.
+    The grant is owned by this test (buildworker.guest.grants), so workers it starts keep it
+    while they start and stop.
     """
     import pwd
 
-    from buildworker.guest.isolation import Forward, apply_isolation
+    from buildworker.guest.grants import EgressGrant
+    from buildworker.guest.isolation import Forward
 
-    ports: set[int] = set()
+    grants: list[EgressGrant] = []
     uid = pwd.getpwnam("libvirt-qemu").pw_uid
 
     def add(port: int) -> None:
-        ports.add(port)
-        apply_isolation(uid, [Forward(port)])
+        grants.append(EgressGrant(uid, [Forward(port)], []).start())
 
     yield add
-    for port in ports:
-        subprocess.run(
-            ["/usr/sbin/nft", f"delete element inet buildworker forward_ports {{ {port} }}"],
-            check=False,
-        )
+    for grant in grants:
+        grant.close()
 
 
 def make_stack(
