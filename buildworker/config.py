@@ -216,6 +216,10 @@ class BrokerConfig:
     outbox_poll: float = field(
         default=0.25, metadata=opt("duration", "how often the API looks for jobs to publish")
     )
+    republish_interval: float = field(
+        default=60.0,
+        metadata=opt("duration", "a queued job whose message is missing this long is republished"),
+    )
 
 
 @dataclass(frozen=True)
