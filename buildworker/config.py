@@ -250,7 +250,15 @@ class WorkerConfig:
         default=0.25, metadata=opt("duration", "longest time output waits before it is sent")
     )
     max_log_size: int = field(
-        default=64 * 1024**2, metadata=opt("size", "per-job log cap; output past it is dropped")
+        default=64 * 1024**2,
+        metadata=opt("size", "per-job cap over all its logs; output past it is dropped"),
+    )
+    max_task_log_size: int = field(
+        default=32 * 1024**2, metadata=opt("size", "cap of each task's log (within max-log-size)")
+    )
+    setup_log_reserve: int = field(
+        default=1024**2,
+        metadata=opt("size", "part of max-log-size only the setup log may use"),
     )
 
 
