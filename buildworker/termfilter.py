@@ -36,6 +36,15 @@ _C1_STRING_OPENERS = frozenset("\x9d\x90\x98\x9e\x9f")
 _C1_CSI = "\x9b"
 _C1_ST = "\x9c"
 _SGR_PARAMS = re.compile(r"[0-9;:]*")
+#: In ground state, a run of what passes as it is: text and whole SGR sequences. It is copied
+#: in one slice; what stops it goes through the state machine.
+_SAFE_RUN = re.compile(
+    f"(?:[^\x00-\x07\x0b\x0c\x0e-\x1f\x7f-\x9f]+|\x1b\\[[0-9;:]{{0,{MAX_CSI}}}m)+"
+)
+#: A whole CSI sequence (the state machine's result for it, in one match).
+_WHOLE_CSI = re.compile(f"\x1b\\[([\x20-\x3f]{{0,{MAX_CSI}}})([\x40-\x7e])")
+#: In a string (OSC...), the characters that may end it; everything else is skipped at once.
+_STRING_END = re.compile("[\x07\x18\x1a\x1b\x9c]")
 
 _GROUND, _ESCAPE, _ESC_INTERMEDIATE, _CSI, _CSI_IGNORE, _STRING, _STRING_ESC = range(7)
 
@@ -72,8 +81,35 @@ class TerminalFilter:
 
     def _run(self, text: str) -> bytes:
         out: list[str] = []
-        for ch in text:
-            self._step(ch, out)
+        i, n = 0, len(text)
+        while i < n:
+            # Fast paths: plain text is copied and a string's payload skipped a run at a time;
+            # only controls and sequences go through the state machine character by character.
+            if self._state == _GROUND:
+                run = _SAFE_RUN.match(text, i)
+                if run is not None:
+                    piece = run.group(0)
+                    out.append(piece)
+                    if ESC in piece:
+                        self.used_colour = True
+                    i = run.end()
+                    if i == n:
+                        break
+                whole = _WHOLE_CSI.match(text, i) if text[i] == ESC else None
+                if whole is not None:  # a complete CSI (a colour, most often): at once
+                    params, final = whole.groups()
+                    if final == "m" and _SGR_PARAMS.fullmatch(params):
+                        out.append(whole.group(0))
+                        self.used_colour = True
+                    i = whole.end()
+                    continue
+            elif self._state == _STRING:
+                found = _STRING_END.search(text, i)
+                if found is None:
+                    break
+                i = found.start()
+            self._step(text[i], out)
+            i += 1
         return "".join(out).encode("utf-8")
 
     def _step(self, ch: str, out: list[str]) -> None:
