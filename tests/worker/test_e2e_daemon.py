@@ -87,7 +87,10 @@ class Stack:
             if job["status"] in statuses:
                 return job
             time.sleep(0.25)
-        raise AssertionError(f"job {job_id} still {self.live.job(job_id)['status']}")
+        tail = self.log(job_id)[-1500:].decode(errors="replace")
+        raise AssertionError(
+            f"job {job_id} still {self.live.job(job_id)['status']}; setup log ends:\n{tail}"
+        )
 
     def log(self, job_id: int, task: str | None = None) -> bytes:
         path = f"/logs/{job_id}/{task}/log" if task else f"/logs/{job_id}/log"
