@@ -220,6 +220,10 @@ class BrokerConfig:
     outbox_poll: float = field(
         default=0.25, metadata=opt("duration", "how often the API looks for jobs to publish")
     )
+    republish_interval: float = field(
+        default=60.0,
+        metadata=opt("duration", "a queued job whose message is missing this long is republished"),
+    )
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,15 @@ class WorkerConfig:
         default=0.25, metadata=opt("duration", "longest time output waits before it is sent")
     )
     max_log_size: int = field(
-        default=64 * 1024**2, metadata=opt("size", "per-job log cap; output past it is dropped")
+        default=64 * 1024**2,
+        metadata=opt("size", "per-job cap over all its logs; output past it is dropped"),
+    )
+    max_task_log_size: int = field(
+        default=32 * 1024**2, metadata=opt("size", "cap of each task's log (within max-log-size)")
+    )
+    setup_log_reserve: int = field(
+        default=1024**2,
+        metadata=opt("size", "part of max-log-size only the setup log may use"),
     )
     standby: float = field(
         default=600.0,
@@ -317,6 +329,10 @@ class VmConfig:
     forwards: tuple[str, ...] = field(
         default=(),
         metadata=opt("list", "explicit guest→host forwards, GUESTIP:PORT=127.0.0.1:PORT"),
+    )
+    allow_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("list", "private or link-local ranges guests may reach (CIDR, comma-separated)"),
     )
     qemu_user: str = field(
         default="libvirt-qemu",

@@ -21,6 +21,7 @@ from buildworker.api import (
 )
 from buildworker.api import health as health_routes
 from buildworker.api import metrics as api_metrics
+from buildworker.api.body import MAX_BODY
 from buildworker.api.crypto import SecretBox
 from buildworker.api.errors import install_handlers
 from buildworker.config import Config
@@ -61,6 +62,8 @@ def create_app(config: Config, *, migrate: bool = True) -> FastAPI:
         docs_url="/api/docs",
         redoc_url=None,
         lifespan=lifespan,
+        # Counted as the body streams, chunked or not; routes that take more say so.
+        max_body_size=MAX_BODY,
     )
     app.state.config = config
     app.state.engine = engine

@@ -3,19 +3,29 @@
 JSON objects and form-encoded (or multipart) fields alike become one dict; field helpers
 then coerce string booleans and lists and raise a 400 naming the field. Unknown keys are
 simply never looked at, so misspelled ones (``Note``, ``secrtets``) are ignored.
+
+Size: every body is counted while it streams, whatever its framing (``Content-Length`` or
+chunked, JSON, form or multipart with file parts), by FastAPI's own body limit
+(``max_body_size=MAX_BODY`` on the app, in buildworker.api.app): the first read past the cap raises a 413
+before the rest is read, so a 300 MB chunked upload costs the API one cap of memory at most.
+`read_body` checks the same cap itself, so it stays bounded on a route given a larger limit.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import Request
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
 
 from buildworker.api.errors import ApiError
 
 __all__ = [
+    "MAX_BODY",
     "OPENAPI_FORM_OR_JSON",
     "check_text",
     "opt_bool",
@@ -24,8 +34,11 @@ __all__ = [
     "read_body",
 ]
 
-#: Largest body the public API reads: a 16 KiB manifest, form-encoded, fits many times.
+#: Largest body the API reads (every route but the worker's log and artifact uploads, which
+#: set their own): a 16 KiB manifest, form-encoded or multipart, fits many times.
 MAX_BODY = 1024 * 1024
+#: Multipart bodies: at most this many parts (fields and files together count toward MAX_BODY).
+MAX_PARTS = 256
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", ""}
@@ -65,39 +78,64 @@ def _too_large() -> ApiError:
     return ApiError.reason(f"request body too large (at most {MAX_BODY} bytes)", 413)
 
 
-async def _read_capped(request: Request) -> bytes:
+async def _capped_stream(request: Request) -> AsyncGenerator[bytes, None]:
+    """The body's chunks as they arrive; ApiError 413 as soon as they pass MAX_BODY."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise _too_large()
-    chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY:
             raise _too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
 
 
-async def read_body(request: Request) -> dict[str, Any]:
-    """The request's fields: JSON object, urlencoded or multipart form; {} when empty."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY:
-            raise _too_large()
-        try:
-            form = await request.form()
-        except Exception:  # python-multipart raises several unrelated types
-            raise ApiError.reason("Invalid multipart body") from None
-        pairs: list[tuple[str, str]] = []
+async def _read_capped(request: Request) -> bytes:
+    return b"".join([chunk async for chunk in _capped_stream(request)])
+
+
+async def _read_multipart(request: Request) -> dict[str, Any]:
+    """Fields of a multipart body, file parts included, parsed as the capped stream arrives.
+
+    Starlette's streaming parser (python-multipart underneath) is fed chunk by chunk, so a
+    file part is counted against MAX_BODY while it is read, not after.
+    """
+    parser = MultiPartParser(
+        request.headers,
+        _capped_stream(request),
+        max_files=MAX_PARTS,
+        max_fields=MAX_PARTS,
+        max_part_size=MAX_BODY,
+    )
+    try:
+        form = await parser.parse()
+    except (ApiError, HTTPException):
+        raise  # the size cap (ours or the framework's): a 413, not a malformed body
+    except Exception as exc:  # python-multipart and Starlette raise several unrelated types
+        detail = getattr(exc, "message", "") or "malformed multipart data"
+        raise ApiError.reason(f"Invalid multipart body: {detail}") from None
+    pairs: list[tuple[str, str]] = []
+    try:
         for key, value in form.multi_items():
             if isinstance(value, str):
                 pairs.append((key, value))
-            else:
+            else:  # an uploaded file (curl -F manifest=@build.yml): at most MAX_BODY bytes
                 data = await value.read()
                 pairs.append((key, data.decode("utf-8", errors="replace")))
-        return _form_to_dict(pairs)
+    finally:
+        await form.close()
+    return _form_to_dict(pairs)
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """The request's fields: JSON object, urlencoded or multipart form; {} when empty.
+
+    Raises ApiError 413 as soon as the body passes MAX_BODY, 400 when it does not parse.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request)
     raw = await _read_capped(request)
     if not raw.strip():
         return {}

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 __all__ = ["ApiError", "error_body", "install_handlers"]
 
@@ -66,10 +67,15 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(exc.errors), status_code=exc.status, headers=exc.headers)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    reason = _http_reason(exc.status_code, exc.detail)
+    limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+    if exc.status_code == 413 and isinstance(limit, int):
+        # FastAPI's body limit (max_body_size) stopped reading: say what the cap is.
+        reason = f"request body too large (at most {limit} bytes)"
     return JSONResponse(
-        error_body([{"reason": _http_reason(exc.status_code, exc.detail)}]),
+        error_body([{"reason": reason}]),
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )

@@ -153,12 +153,10 @@ def liveness(state: Any) -> HealthChecks:
     """The checks of ``/healthz`` for an app whose ``state`` holds its background threads."""
 
     def loops() -> CheckResult:
-        return threads_alive(
-            {
-                name: getattr(state, name, None)
-                for name in ("publisher", "reaper", "trigger_sender", "broker_watch")
-            }
-        )
+        names = ["publisher", "reaper", "trigger_sender", "broker_watch"]
+        if state.config.broker.republish_interval > 0:  # off means not started, not dead
+            names.append("republisher")
+        return threads_alive({name: getattr(state, name, None) for name in names})
 
     return HealthChecks([("background", loops)])
 

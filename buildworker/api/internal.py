@@ -55,6 +55,8 @@ _log = structlog.get_logger(__name__)
 SETUP_LOG = "setup"
 #: Largest log chunk accepted in one call (the worker sends far smaller ones).
 MAX_LOG_CHUNK = 8 * 1024 * 1024
+#: The framework's limit for artifact uploads: none of its own (see upload_artifact).
+ARTIFACT_BODY_LIMIT = 2**62
 #: Job statuses in which an attempt has been claimed (logs may still be flushed).
 _CLAIMED = frozenset({"running", *TERMINAL_JOB_STATUSES})
 
@@ -451,7 +453,7 @@ async def _append_request(
     return _size_response(size)
 
 
-@router.put("/jobs/{job_id}/logs/{log}")
+@router.put("/jobs/{job_id}/logs/{log}", max_body_size=MAX_LOG_CHUNK)
 async def append_log(
     request: Request, job_id: int, log: str, offset: OffsetQuery, attempt: AttemptQuery
 ) -> Any:
@@ -459,7 +461,7 @@ async def append_log(
     return await _append_request(request, job_id, task, attempt, offset)
 
 
-@router.put("/jobs/{job_id}/tasks/{name}/log")
+@router.put("/jobs/{job_id}/tasks/{name}/log", max_body_size=MAX_LOG_CHUNK)
 async def append_task_log(
     request: Request, job_id: int, name: str, offset: OffsetQuery, attempt: AttemptQuery
 ) -> Any:
@@ -513,7 +515,8 @@ def _record_artifact(
         }
 
 
-@router.put("/jobs/{job_id}/artifacts")
+# The handler streams to disk under [api] max-artifact-size (known only at run time).
+@router.put("/jobs/{job_id}/artifacts", max_body_size=ARTIFACT_BODY_LIMIT)
 async def upload_artifact(
     request: Request,
     job_id: int,

@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         settle_timeout_s=config.vm.settle_timeout,
         log_flush_s=config.worker.log_flush,
         max_log_bytes=config.worker.max_log_size,
+        max_task_log_bytes=config.worker.max_task_log_size,
+        setup_log_reserve_bytes=config.worker.setup_log_reserve,
         max_artifact_bytes=config.api.max_artifact_size,
     )
     spec = JobSpec(
@@ -160,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        vms.close()  # withdraws the forwards and allowed networks of this run
     summary = ", ".join(f"{name}: {status}" for name, status in result.task_statuses.items())
     print(
         f"buildworker run: {result.status}"

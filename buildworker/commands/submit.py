@@ -6,6 +6,11 @@ to it), polling the job and reading each log from where it stopped with
 ``Range: bytes=<offset>-``; the exit status is the job's result: 0 for ``success``, 1 for
 anything else.
 
+A log is written by the build, i.e. by untrusted code. On a terminal it passes through
+buildworker.termfilter: colours (SGR) stay, every other control sequence goes (window titles,
+cursor queries whose answers the terminal would type, clear screen, DCS...). With ``--raw``,
+or when stdout is not a terminal (a pipe, a file), the bytes are written as they are.
+
 The token comes from ``--token``, ``$BUILDWORKER_TOKEN`` or ``[client] token``; the API's
 URL from ``--url``, ``$BUILDWORKER_URL`` or ``[client] url``.
 """
@@ -24,6 +29,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from buildworker.config import load_config
+from buildworker.termfilter import TerminalFilter
 from buildworker.web.urls import job_page_url
 
 NAME = "submit"
@@ -69,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-secrets", action="store_true", help="do not give the job access to secrets"
+    )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="with --follow, write the logs' bytes as they are, control sequences included "
+        "(default on a terminal: keep colours, drop other control sequences)",
     )
     parser.add_argument(
         "--interval",
@@ -138,9 +150,19 @@ def _run(args: argparse.Namespace, out: BinaryIO, err: Any) -> int:
         out.flush()
         if not args.follow:
             return EXIT_OK
-        status = Follower(client, job_url, out, interval_s=args.interval).follow()
+        sanitize = not args.raw and _is_terminal(out)
+        status = Follower(
+            client, job_url, out, interval_s=args.interval, sanitize=sanitize
+        ).follow()
     print(f"job {job_id}: {status}", file=err, flush=True)
     return EXIT_OK if status == "success" else EXIT_FAILURE
+
+
+def _is_terminal(out: BinaryIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 @dataclass
@@ -158,6 +180,10 @@ class Follower:
     current: str | None = None
     #: whether the last byte written ended a line
     at_line_start: bool = True
+    #: pass each log through a TerminalFilter (colours kept, other controls dropped)
+    sanitize: bool = False
+    #: log URL → its filter (a sequence may be split across two reads of one log)
+    filters: dict[str, TerminalFilter] = field(default_factory=dict)
 
     def follow(self) -> str:
         failures = 0
@@ -175,6 +201,7 @@ class Follower:
                     raise SubmitError(f"lost the API while following: {exc}") from None
                 ended = False
             if ended:
+                self._finish()
                 return str(job["status"])
             self.sleep(self.interval_s)
 
@@ -198,17 +225,39 @@ class Follower:
             raise SubmitError(f"GET {log_url}: {response.status_code}")
         if not data:
             return
+        self.offsets[log_url] = offset + len(data)
+        shown = self._filter(log_url).feed(data) if self.sanitize else data
+        if not shown:
+            return  # e.g. only a title sequence: no header for nothing
         if self.current != log_url:
             self._header(title)
             self.current = log_url
-        self.out.write(data)
+        self.out.write(shown)
         self.out.flush()
-        self.at_line_start = data.endswith(b"\n")
-        self.offsets[log_url] = offset + len(data)
+        self.at_line_start = shown.endswith(b"\n")
+
+    def _filter(self, log_url: str) -> TerminalFilter:
+        if log_url not in self.filters:
+            self.filters[log_url] = TerminalFilter()
+        return self.filters[log_url]
+
+    def _reset_colours(self) -> bytes:
+        resets = [f.reset_colour() for f in self.filters.values()]
+        return b"\x1b[0m" if any(resets) else b""
 
     def _header(self, title: str) -> None:
-        # Start the header on its own line even if the previous log ended mid-line.
-        self.out.write(f"{'' if self.at_line_start else chr(10)}==> {title} <==\n".encode())
+        # Colours a log left set stop at its end; the header starts on its own line even if
+        # the previous log ended mid-line.
+        reset = self._reset_colours()
+        self.out.write(reset + f"{'' if self.at_line_start else chr(10)}==> {title} <==\n".encode())
+
+    def _finish(self) -> None:
+        # A colour the last log left on does not outlive it; an unfinished sequence or
+        # character at a log's very end is dropped with its filter.
+        reset = self._reset_colours()
+        if reset:
+            self.out.write(reset)
+            self.out.flush()
 
 
 def _logs(job: dict[str, Any]) -> list[tuple[str, str]]:

@@ -48,3 +48,4 @@ def run(args: argparse.Namespace) -> int:
         return daemon.run_until_stopped()
     finally:
         api.close()
+        vms.close()  # withdraws this worker's forwards and allowed networks

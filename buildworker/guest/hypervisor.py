@@ -39,8 +39,9 @@ from buildworker.guest.domain import (
     render_domain_xml,
 )
 from buildworker.guest.errors import VMError
+from buildworker.guest.grants import EgressGrant
 from buildworker.guest.images import ImageInfo
-from buildworker.guest.isolation import apply_isolation, parse_forwards
+from buildworker.guest.isolation import parse_allow_networks, parse_forwards
 from buildworker.guest.ports import is_hostfwd_conflict, pick_port
 from buildworker.guest.snapshot import load_state, save_state
 from buildworker.guest.ssh import load_private_key
@@ -135,6 +136,8 @@ class Hypervisor:
             raise VMError(f"vm.qemu-user: no such user {config.qemu_user!r}") from None
         self.qemu_uid, self.qemu_gid = user.pw_uid, user.pw_gid
         self._forwards = parse_forwards(config.forwards)
+        self._networks = parse_allow_networks(config.allow_networks)
+        self._egress: EgressGrant | None = None
         self._key: paramiko.PKey | None = None
         self._start_lock = threading.Lock()
         self._live: set[str] = set()
@@ -145,7 +148,9 @@ class Hypervisor:
         with map_libvirt_errors(f"connecting to {config.libvirt_uri}"):
             self._conn = libvirt.open(config.libvirt_uri)
         if isolate:
-            apply_isolation(self.qemu_uid, self._forwards)
+            # The egress policy, and this worker's forwards and allowed networks, owned: they
+            # are withdrawn by close() and lapse if this process dies (guest/grants.py).
+            self._egress = EgressGrant(self.qemu_uid, self._forwards, self._networks).start()
         self._log.info(
             "hypervisor.ready",
             accel=self.accel.accel,
@@ -153,6 +158,7 @@ class Hypervisor:
             uri=config.libvirt_uri,
             isolation=isolate,
             forwards=[f.port for f in self._forwards],
+            allow_networks=[str(n) for n in self._networks],
         )
 
     def ssh_key(self) -> paramiko.PKey:
@@ -444,8 +450,16 @@ class Hypervisor:
             self._templates.clear()
         return removed
 
+    @property
+    def egress(self) -> EgressGrant | None:
+        """This worker's egress grants (None when built with ``isolate=False``)."""
+        return self._egress
+
     def close(self) -> None:
-        """Delete saved snapshots and close the libvirt connection."""
+        """Withdraw this worker's forwards and allowed networks, delete saved snapshots and
+        close the libvirt connection."""
+        if self._egress is not None:
+            self._egress.close()
         self.discard_snapshots()
         with contextlib.suppress(libvirt.libvirtError):
             self._conn.close()

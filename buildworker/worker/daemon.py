@@ -96,6 +96,8 @@ class Daemon:
                 settle_timeout_s=config.vm.settle_timeout,
                 log_flush_s=config.worker.log_flush,
                 max_log_bytes=config.worker.max_log_size,
+                max_task_log_bytes=config.worker.max_task_log_size,
+                setup_log_reserve_bytes=config.worker.setup_log_reserve,
                 max_artifact_bytes=config.api.max_artifact_size,
             ),
             log_needles=log_needles,

@@ -7,8 +7,14 @@ what is buffered at least every ``flush_interval_s`` through an injected :class:
 (the API client or the terminal). Each chunk carries the byte offset it starts at, so a
 retried upload is idempotent on the API side (Buildkite's log streamer, STYLE.md §2.4).
 
-The cap is per job, across all its logs: when it is reached, the stream that hit it gets one
-truncation line and everything after that is dropped (counted, not sent).
+Caps, per stream and per job (``[worker] max-log-size``, ``max-task-log-size``,
+``setup-log-reserve``): a task log stops at its own cap and at the job's, less a reserve that
+only the setup log may use, so a task that floods its log cannot silence the setup log's last
+lines (the build's end, errors, artifact URLs). A stream that reaches a cap gets one truncation
+line; what follows is discarded cheaply (a task log no longer even passes it through the
+redactor: only its length is counted) and, when the stream closes, one line says how many bytes
+were dropped. Should the setup log itself overflow, its last ``SETUP_TAIL_BYTES`` are kept
+(redacted) and sent after that line, so its end still arrives.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ MAX_CHUNK_BYTES = 256 * 1024
 COALESCE_S = 0.02
 #: How often held-back bytes are checked against the flush interval, in seconds.
 RELEASE_CHECK_S = 0.05
+#: How much of the end of an overflowing setup log is kept and sent when it closes, in bytes.
+SETUP_TAIL_BYTES = 64 * 1024
 
 
 class ChunkSink(Protocol):
@@ -50,21 +58,32 @@ def setup_line(job_id: int | str, message: str, now: float | None = None) -> byt
 
 
 class LogBudget:
-    """The per-job byte allowance shared by all of a job's logs (thread-safe)."""
+    """The per-job byte allowance shared by all of a job's logs (thread-safe).
 
-    def __init__(self, max_bytes: int) -> None:
+    ``reserve`` bytes of ``max_bytes`` are kept for the setup log: other logs stop when the
+    job has used ``max_bytes - reserve``, the setup log only at ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int, reserve: int = 0) -> None:
         self.max_bytes = max_bytes
+        self.reserve = max(0, min(reserve, max_bytes))
         self.used = 0
         self.dropped = 0
         self._lock = threading.Lock()
 
-    def take(self, n: int) -> int:
-        """Reserve up to ``n`` bytes; returns how many may be kept."""
+    def take(self, n: int, *, reserved: bool = False) -> int:
+        """Reserve up to ``n`` bytes (``reserved``: the setup log, which may use the reserve);
+        returns how many may be kept. What is refused counts as dropped."""
         with self._lock:
-            allowed = max(0, min(n, self.max_bytes - self.used))
+            limit = self.max_bytes if reserved else self.max_bytes - self.reserve
+            allowed = max(0, min(n, limit - self.used))
             self.used += allowed
             self.dropped += n - allowed
             return allowed
+
+    def count_dropped(self, n: int) -> None:
+        with self._lock:
+            self.dropped += n
 
 
 class LogStream:
@@ -78,8 +97,18 @@ class LogStream:
         budget: LogBudget,
         on_failed_chunk: Callable[[], None],
         on_data: Callable[[], None] = lambda: None,
+        *,
+        max_bytes: int | None = None,
     ) -> None:
         self.name = name
+        #: this stream's own cap (the job's budget applies as well); None: the budget only
+        self.max_bytes = max_bytes
+        self.is_setup = name == SETUP_LOG
+        self.kept = 0  # bytes of output accepted (before any truncation notice)
+        self.dropped = 0  # bytes of output discarded past a cap
+        self._limit_reason = ""
+        # The end of an overflowing setup log, redacted; None for task logs (not kept).
+        self._tail: bytearray | None = bytearray() if self.is_setup else None
         self._on_data = on_data
         self._sink = sink
         self._redactor = redactor
@@ -98,19 +127,61 @@ class LogStream:
         self._log = structlog.get_logger().bind(log=name)
 
     def _append(self, data: bytes) -> None:
-        if not data or self._truncated:
-            if self._truncated:
-                self._budget.dropped += len(data)
+        if not data:
             return
-        allowed = self._budget.take(len(data))
+        if self._truncated:
+            self._discard(data)
+            return
+        wanted = len(data)
+        if self.max_bytes is not None:
+            wanted = min(wanted, max(0, self.max_bytes - self.kept))
+        allowed = self._budget.take(wanted, reserved=self.is_setup)
+        self._budget.count_dropped(len(data) - wanted)
         self._buf += data[:allowed]
+        self.kept += allowed
         if allowed < len(data):
             self._truncated = True
+            if allowed < wanted or self.max_bytes is None:
+                self._limit_reason = (
+                    f"this job's logs reached their limit of {self._budget.max_bytes} bytes"
+                )
+            else:
+                self._limit_reason = f"this log reached its limit of {self.max_bytes} bytes"
             self._buf += (
-                b"\n[buildworker] Log truncated: this job's logs reached the limit of "
-                + str(self._budget.max_bytes).encode()
-                + b" bytes; further output is dropped.\n"
+                f"\n[buildworker] Log truncated: {self._limit_reason}; "
+                "further output is dropped.\n".encode()
             )
+            self._keep_tail(data[allowed:])
+            self.dropped += len(data) - allowed
+
+    def _discard(self, data: bytes) -> None:
+        """Output past a cap: counted, and for the setup log its end kept (bounded)."""
+        self.dropped += len(data)
+        self._budget.count_dropped(len(data))
+        self._keep_tail(data)
+
+    def _keep_tail(self, data: bytes) -> None:
+        if self._tail is None:
+            return
+        self._tail += data
+        if len(self._tail) > 2 * SETUP_TAIL_BYTES:  # trim in bulk: amortised O(1) per byte
+            del self._tail[: len(self._tail) - SETUP_TAIL_BYTES]
+
+    def _closing_lines(self) -> bytes:
+        """What a truncated stream says when it closes: how much was dropped, and for the
+        setup log its last lines."""
+        if not self._truncated:
+            return b""
+        out = (
+            f"\n[buildworker] {self.dropped} bytes of output were dropped ({self._limit_reason}).\n"
+        ).encode()
+        if self._tail:
+            tail = bytes(self._tail[-SETUP_TAIL_BYTES:])
+            newline = tail.find(b"\n")
+            if 0 <= newline < len(tail) - 1 and len(self._tail) > SETUP_TAIL_BYTES:
+                tail = tail[newline + 1 :]  # start on a line boundary
+            out += f"[buildworker] The last {len(tail)} bytes of it:\n".encode() + tail
+        return out
 
     def write(self, data: bytes) -> None:
         """Append raw output (may hold a secret or part of one); never blocks on the network."""
@@ -118,6 +189,9 @@ class LogStream:
             self.first_byte_at = time.monotonic()
         with self._lock:
             if self._closed:
+                return
+            if self._truncated and self._tail is None:
+                self._discard(data)  # a task log past its cap: no redaction, no copy
                 return
             self._append(self._redactor.write(data))
             ready = bool(self._buf)
@@ -151,6 +225,7 @@ class LogStream:
         with self._lock:
             if not self._closed:
                 self._append(self._redactor.flush())
+                self._buf += self._closing_lines()
                 self._closed = True
         self._send()
 
@@ -184,7 +259,9 @@ class LogStreamer:
     Parameters:
         sink: where chunks go.
         needles: the job's secrets (shared; may grow mid-job).
-        max_bytes: per-job cap over all logs.
+        max_bytes: per-job cap over all logs, in bytes.
+        max_task_bytes: cap of each task log, in bytes (None: the job's cap only).
+        setup_reserve: bytes of ``max_bytes`` only the setup log may use.
         flush_interval_s: longest time output waits in memory before it is sent, in seconds.
     """
 
@@ -194,11 +271,14 @@ class LogStreamer:
         needles: NeedleSet,
         *,
         max_bytes: int = 64 * 1024**2,
+        max_task_bytes: int | None = None,
+        setup_reserve: int = 0,
         flush_interval_s: float = 0.25,
     ) -> None:
         self._sink = sink
         self._needles = needles
-        self.budget = LogBudget(max_bytes)
+        self.budget = LogBudget(max_bytes, setup_reserve)
+        self.max_task_bytes = max_task_bytes
         self.flush_interval_s = flush_interval_s
         self._streams: dict[str, LogStream] = {}
         self._lock = threading.Lock()
@@ -223,6 +303,7 @@ class LogStreamer:
                     self.budget,
                     self._failed,
                     self._wake.set,
+                    max_bytes=None if name == SETUP_LOG else self.max_task_bytes,
                 )
                 self._streams[name] = stream
             return stream

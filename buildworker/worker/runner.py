@@ -45,6 +45,10 @@ class RunnerSettings:
     settle_timeout_s: float = 120.0
     log_flush_s: float = 0.25
     max_log_bytes: int = 64 * 1024**2
+    #: cap of each task log (None: the job's cap only) and the part of the job's cap kept
+    #: for the setup log (buildworker.worker.logs)
+    max_task_log_bytes: int | None = None
+    setup_log_reserve_bytes: int = 0
     max_artifact_bytes: int = 1024**3
     #: Boot attempts for one build: a VM that fails to boot or settle is replaced once.
     boot_attempts: int = 2
@@ -104,6 +108,8 @@ class BuildRunner:
             reporter,
             needles,
             max_bytes=self._settings.max_log_bytes,
+            max_task_bytes=self._settings.max_task_log_bytes,
+            setup_reserve=self._settings.setup_log_reserve_bytes,
             flush_interval_s=self._settings.log_flush_s,
         ).start()
         setup = logs.open(SETUP_LOG)

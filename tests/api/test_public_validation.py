@@ -173,10 +173,14 @@ def test_a_job_that_does_not_exist_is_404(client: TestClient, alice: Account) ->
         assert client.post(path, headers=alice.headers()).status_code == 404
 
 
-def test_an_oversized_body_is_413_not_read_whole(client: TestClient, alice: Account) -> None:
-    status, answer = post(client, alice, content=b"x" * (2 * 1024 * 1024))
-    assert status == 413
-    assert "too large" in answer["errors"][0]["reason"]
+def test_an_oversized_body_is_413_not_read_whole(
+    client: TestClient, alice: Account, app: FastAPI
+) -> None:
+    # A declared Content-Length past the cap is refused before the body is read (FastAPI's
+    # body limit answers these itself, in plain text); tests/api/test_body_caps.py streams.
+    response = client.post("/api/jobs", headers=alice.headers(), content=b"x" * (2 * 1024 * 1024))
+    assert response.status_code == 413
+    assert job_count(app) == 0
 
 
 def test_text_that_is_not_unicode_is_400(client: TestClient, alice: Account) -> None:

@@ -82,11 +82,19 @@ def live_api(api_config: Config, amqp_url: str, tmp_path: Path) -> Iterator[Live
 class ScriptedWorker(threading.Thread):
     """Takes one job from the queue and plays it: logs in chunks, task statuses, finish."""
 
-    def __init__(self, api: LiveApi, result: str = "success", chunks: int = 5) -> None:
+    def __init__(
+        self,
+        api: LiveApi,
+        result: str = "success",
+        chunks: int = 5,
+        payload: list[bytes] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.api = api
         self.result = result
         self.chunks = chunks
+        #: what each task writes, chunk by chunk, instead of the numbered steps
+        self.payload = payload
         self.written: dict[str, bytes] = {}
         self.error: BaseException | None = None
 
@@ -149,12 +157,15 @@ class ScriptedWorker(threading.Thread):
                     f"/api/internal/jobs/{job}/tasks/{task}",
                     json={"attempt": 1, "status": "running"},
                 )
-                for n in range(self.chunks):
+                for n in range(self.chunks if self.payload is None else 0):
                     # no newline on some chunks: the follower must not invent line breaks
                     self._log(
                         client, job, task, f"{task} step {n}{'' if n % 2 else chr(10)}".encode()
                     )
                     time.sleep(0.1)
+                for chunk in self.payload or []:
+                    self._log(client, job, task, chunk)
+                    time.sleep(0.3)  # separate reads: sequences arrive split
                 self._log(client, job, task, b"\n")
                 status = "failed" if self.result == "failed" and task == "test" else "success"
                 client.put(
@@ -344,3 +355,118 @@ def test_the_follower_puts_a_header_on_its_own_line_after_a_partial_line(
     for line in sink.data.split(b"\n"):
         if b"==>" in line:
             assert line.startswith(b"==> ") and line.endswith(b" <==")
+
+
+# --- what a build writes reaches a terminal defanged -----------------------------------------
+
+#: A task's output in three writes, splitting a window-title sequence and a colour.
+HOSTILE = [
+    b"start \x1b]0;pwn",
+    b"ed title\x07 \x1b[3",
+    b"1mred\x1b[0m \x1b[6n\x1b[2J done\n",
+]
+
+
+def submit_on_pty(api: LiveApi, manifest: Path, *extra: str, timeout: float = 90) -> bytes:
+    """`buildworker submit --follow` with its stdout on a real pty; everything it wrote there."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDWORKER_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "buildworker.cli",
+            "--config",
+            str(api.config_file),
+            "submit",
+            str(manifest),
+            "--follow",
+            "--interval",
+            "0.1",
+            "--url",
+            api.url,
+            "--token",
+            api.token,
+            *extra,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=base_env,
+    )
+    os.close(slave)
+    received = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the last writer closed the pty
+                    break
+                if not data:
+                    break
+                received += data
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return received
+
+
+@pytest.mark.slow
+def test_follow_on_a_terminal_keeps_colours_and_drops_the_title_sequence(
+    live_api: LiveApi, manifest_file: Path
+) -> None:
+    worker = ScriptedWorker(live_api, payload=HOSTILE)
+    worker.start()
+    seen = submit_on_pty(live_api, manifest_file)
+    worker.join(30)
+    assert worker.error is None, worker.error
+    # The colour passes, reassembled across the two writes that split it
+    assert b"\x1b[31mred\x1b[0m" in seen
+    # The title sequence does not, payload included; nor the cursor query or clear screen
+    assert b"\x1b]" not in seen and b"pwned title" not in seen
+    assert b"\x1b[6n" not in seen and b"\x1b[2J" not in seen
+    assert b"start " in seen and b" done" in seen
+
+
+@pytest.mark.slow
+def test_follow_with_raw_writes_the_bytes_as_they_are(
+    live_api: LiveApi, manifest_file: Path
+) -> None:
+    worker = ScriptedWorker(live_api, payload=HOSTILE)
+    worker.start()
+    seen = submit_on_pty(live_api, manifest_file, "--raw")
+    worker.join(30)
+    assert worker.error is None, worker.error
+    assert b"\x1b]0;pwned title\x07" in seen and b"\x1b[6n\x1b[2J" in seen
+
+
+@pytest.mark.slow
+def test_follow_into_a_pipe_writes_the_bytes_as_they_are(
+    live_api: LiveApi, manifest_file: Path
+) -> None:
+    worker = ScriptedWorker(live_api, payload=HOSTILE)
+    worker.start()
+    done = run_submit(
+        live_api,
+        str(manifest_file),
+        "--follow",
+        "--interval",
+        "0.1",
+        "--url",
+        live_api.url,
+        "--token",
+        live_api.token,
+    )
+    worker.join(30)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"".join(HOSTILE) in done.stdout

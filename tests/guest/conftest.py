@@ -7,6 +7,7 @@ fail, not skip, without it: CI builds it first.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from buildworker.guest.hypervisor import Hypervisor
 from buildworker.guest.images import ImageCatalogue, ImageInfo
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES = REPO / "images"
+#: A worktree whose images/debian/bookworm is a symlink to another checkout points this at
+#: that checkout's images/ (the catalogue refuses images that resolve outside its root).
+IMAGES = Path(os.environ.get("BUILDWORKER_TEST_IMAGES", REPO / "images"))
 SSH_KEY = REPO / ".state" / "id_ed25519"
 #: Overlays must be reachable by the libvirt-qemu user, which pytest's tmp dirs (0700) are not.
 VM_TEST_ROOT = Path("/var/lib/buildworker/test-vms")

@@ -1,9 +1,8 @@
-"""Pure parts of the guest layer: accelerator choice, domain XML, probe schedule, forwards,
-ports, SSH helpers."""
+"""Pure parts of the guest layer: accelerator choice, domain XML, probe schedule, ports, SSH
+helpers. (Isolation: test_egress.py.)"""
 
 from __future__ import annotations
 
-import pwd
 import socket
 import subprocess
 import xml.etree.ElementTree as ET
@@ -21,14 +20,6 @@ from buildworker.guest.domain import (
     domain_prefix,
     parse_hostfwd_port,
     render_domain_xml,
-)
-from buildworker.guest.isolation import (
-    Forward,
-    apply_isolation,
-    current_ruleset,
-    forwarded_ports,
-    parse_forwards,
-    render_ruleset,
 )
 from buildworker.guest.ports import is_hostfwd_conflict, pick_port
 from buildworker.guest.settle import probe_delays
@@ -120,59 +111,6 @@ def test_probes_start_small_and_double_up_to_a_cap() -> None:
     assert list(islice(probe_delays(cap_s=1.0), 7)) == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     with pytest.raises(ValueError):
         next(probe_delays(first_s=0))
-
-
-def test_forwards_parse_gateway_entries_and_refuse_others_with_the_reason() -> None:
-    assert parse_forwards(["10.0.2.2:9418=127.0.0.1:9418"]) == [Forward(9418)]
-    with pytest.raises(ValueError, match=r"vm.forwards: .*write 10.0.2.2:19418=127.0.0.1:19418"):
-        parse_forwards(["10.0.2.100:9418=127.0.0.1:19418"])
-    with pytest.raises(ValueError, match="loopback"):
-        parse_forwards(["10.0.2.2:80=192.0.2.5:80"])
-    with pytest.raises(ValueError, match="expected"):
-        parse_forwards(["nonsense"])
-
-
-def test_the_ruleset_accepts_forwards_before_dropping_local_destinations() -> None:
-    rules = render_ruleset(64055, [Forward(9418)])
-    assert "add element inet buildworker forward_ports { 9418 }" in rules
-    accept = rules.index("meta skuid 64055 ip daddr 127.0.0.1 tcp dport @forward_ports accept")
-    drop = rules.index("meta skuid 64055 ct state new fib daddr type local drop")
-    assert rules.index("flush chain inet buildworker output") < accept < drop
-    # Additive: nothing in the script deletes the table or the set other workers fill.
-    assert "delete" not in rules
-
-
-def test_the_ruleset_is_valid_nftables_syntax() -> None:
-    # nft --check parses and validates without changing anything.
-    result = subprocess.run(
-        ["/usr/sbin/nft", "--check", "-f", "-"],
-        input=render_ruleset(64055, [Forward(9418)]),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def test_forwards_from_several_workers_add_up_and_the_drop_rule_stays_single() -> None:
-    # Given two workers on one host with different [vm] forwards (ports nobody else uses)
-    uid = pwd.getpwnam("libvirt-qemu").pw_uid
-    mine, theirs = 64991, 64992
-    try:
-        # When each applies its rules, one after the other, twice
-        for _ in range(2):
-            apply_isolation(uid, [Forward(mine)])
-            apply_isolation(uid, [Forward(theirs)])
-        # Then both ports are forwarded, and each rule is there exactly once
-        assert {mine, theirs} <= forwarded_ports()
-        table = current_ruleset()
-        assert table.count("fib daddr type local drop") == 1
-        assert table.count("@forward_ports accept") == 1
-    finally:
-        subprocess.run(
-            ["/usr/sbin/nft", "delete element inet buildworker forward_ports { 64991, 64992 }"],
-            check=False,
-        )
 
 
 def test_a_picked_port_is_free_on_loopback_and_not_excluded() -> None:

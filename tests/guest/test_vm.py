@@ -182,7 +182,9 @@ def test_the_guest_cannot_reach_services_on_the_host(
     guest: tuple[Guest, GuestConnection], host_servers: dict[str, int], hv: Hypervisor
 ) -> None:
     _, conn = guest
-    assert "fib daddr type local drop" in current_ruleset()
+    assert hv.egress is not None
+    hv.egress.apply_policy()
+    assert "meta skuid @guest_users ct state new fib daddr type local drop" in current_ruleset()
     # RabbitMQ and PostgreSQL (both listen on the host), our HTTP servers on loopback and on
     # all interfaces: every connect through the gateway fails.
     for port in (5672, 5432, host_servers["loopback"], host_servers["all_interfaces"]):
@@ -196,6 +198,10 @@ def test_a_configured_forward_is_reachable(
 ) -> None:
     # The positive control for the test above: the same path works for an allowed port.
     _, conn = guest
+    # Re-applied first: a host still running the previous isolation code (another checkout)
+    # may have rewritten the chain since the hypervisor started.
+    assert hv.egress is not None
+    hv.egress.apply_policy()
     status, output = run(conn, f"curl -sS -m 15 http://10.0.2.2:{host_servers['forwarded']}/")
     assert status == 0, output
     assert "hello from the host" in output

@@ -25,7 +25,7 @@ def test_without_the_background_loops_the_api_is_neither_alive_nor_ready(
     assert alive.status_code == 503
     assert alive.json()["checks"]["background"] == {
         "ok": False,
-        "detail": "not running: publisher, reaper, trigger_sender, broker_watch",
+        "detail": "not running: publisher, reaper, trigger_sender, broker_watch, republisher",
     }
     ready = client.get("/readyz")
     assert ready.status_code == 503

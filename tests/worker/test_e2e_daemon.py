@@ -50,6 +50,7 @@ class Stack:
         self.config = config
         self.live = live
         self.daemon: Daemon | None = None
+        self.vms: Hypervisor | None = None
         self.thread: threading.Thread | None = None
         self.exit_code: int | None = None
 
@@ -58,6 +59,7 @@ class Stack:
         if broker_url is not None:
             config = replace(config, broker=replace(config.broker, url=broker_url))
         vms = Hypervisor(config.vm, worker_name=config.worker.name)
+        self.vms = vms
         api = InternalApi(self.live.url, WORKER_TOKEN)
         self.daemon = Daemon(config, ImageCatalogue(IMAGES), vms, api)
         self.daemon.start()
@@ -74,6 +76,9 @@ class Stack:
         if self.daemon is not None and self.thread is not None:
             self.daemon.stop_now()
             self.thread.join(120)
+        if self.vms is not None:
+            self.vms.close()  # withdraws its forwards, as `buildworker worker` does on exit
+            self.vms = None
 
     def wait(self, job_id: int, statuses: tuple[str, ...] = TERMINAL, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
@@ -82,7 +87,10 @@ class Stack:
             if job["status"] in statuses:
                 return job
             time.sleep(0.25)
-        raise AssertionError(f"job {job_id} still {self.live.job(job_id)['status']}")
+        tail = self.log(job_id)[-1500:].decode(errors="replace")
+        raise AssertionError(
+            f"job {job_id} still {self.live.job(job_id)['status']}; setup log ends:\n{tail}"
+        )
 
     def log(self, job_id: int, task: str | None = None) -> bytes:
         path = f"/logs/{job_id}/{task}/log" if task else f"/logs/{job_id}/log"
@@ -141,27 +149,25 @@ def git_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
 
 @pytest.fixture
 def keep_forward() -> Iterator[Any]:
-    """Forward a host port to guests for this test, as `[vm] forwards` would, then remove it.
+    """Forward a host port to guests for this test, as `[vm] forwards` would, then withdraw it.
 
-    Forwards are additive (a shared nftables set), so workers this test starts keep it.
+    The grant is owned by this test (buildworker.guest.grants), so workers it starts keep it
+    while they start and stop.
     """
     import pwd
 
-    from buildworker.guest.isolation import Forward, apply_isolation
+    from buildworker.guest.grants import EgressGrant
+    from buildworker.guest.isolation import Forward
 
-    ports: set[int] = set()
+    grants: list[EgressGrant] = []
     uid = pwd.getpwnam("libvirt-qemu").pw_uid
 
     def add(port: int) -> None:
-        ports.add(port)
-        apply_isolation(uid, [Forward(port)])
+        grants.append(EgressGrant(uid, [Forward(port)], []).start())
 
     yield add
-    for port in ports:
-        subprocess.run(
-            ["/usr/sbin/nft", f"delete element inet buildworker forward_ports {{ {port} }}"],
-            check=False,
-        )
+    for grant in grants:
+        grant.close()
 
 
 def make_stack(
@@ -300,6 +306,48 @@ def test_failure_cancel_and_timeout_end_with_the_right_statuses(stack_factory: A
     job = stack.wait(slow, timeout=200)
     assert job["status"] == "timeout"
     assert b"Build timed out." in stack.log(slow)
+
+
+def test_a_task_flooding_its_log_leaves_the_setup_log_its_end_and_the_job_its_status(
+    stack_factory: Any,
+) -> None:
+    # Given caps far below what a task writes: 2 MiB per job, 1 MiB per task, 256 KiB of it
+    # kept for the setup log
+    stack: Stack = stack_factory()
+    stack.config = replace(
+        stack.config,
+        worker=replace(
+            stack.config.worker,
+            max_log_size=2 * 1024**2,
+            max_task_log_size=1024**2,
+            setup_log_reserve=256 * 1024,
+        ),
+    )
+    # When a task writes 8 MB, the next one a line, and the last fails
+    job_id = stack.live.submit(
+        "image: debian/bookworm\ntasks:\n"
+        "  - flood: head -c 8000000 /dev/zero | tr '\\0' x | fold -w 200\n"
+        "  - after: echo after-the-flood\n"
+        "  - last: exit 3\n"
+    )
+    stack.start_daemon()
+    job = stack.wait(job_id, timeout=600)
+    # Then the job ends with its real status, each task with its own
+    assert job["status"] == "failed"
+    assert {t["name"]: t["status"] for t in job["tasks"]} == {
+        "flood": "success",
+        "after": "success",
+        "last": "failed",
+    }
+    # And the setup log still ends with the build's final line
+    setup = stack.log(job_id)
+    assert setup.rstrip(b"\r\n").endswith(b"Build failed."), setup[-500:]
+    # And the flooding task's log stopped at its cap, saying once how much was dropped
+    flood = stack.log(job_id, "flood")
+    assert len(flood) < 1024**2 + 1024
+    assert flood.count(b"[buildworker] Log truncated: this log reached its limit") == 1
+    assert flood.count(b"bytes of output were dropped") == 1
+    assert b"after-the-flood" in stack.log(job_id, "after")
 
 
 def test_the_build_survives_a_broker_and_an_api_restart_mid_build(

@@ -108,3 +108,88 @@ def test_new_output_goes_out_at_once_but_a_held_secret_prefix_waits_for_the_inte
         assert sink.text("build") == b"plain line\r\n[MASKED]"
     finally:
         streamer.close()
+
+
+# --- caps per stream, the setup log's reserve ----------------------------------------------
+
+
+def test_a_task_flooding_past_the_job_cap_leaves_the_setup_log_its_reserve() -> None:
+    # Given a job cap of 10 000 bytes, 1 000 of them kept for the setup log
+    sink = RecordingSink()
+    streamer = LogStreamer(sink, NeedleSet(), max_bytes=10_000, setup_reserve=1_000)
+    setup, task = streamer.open(SETUP_LOG), streamer.open("flood")
+    setup.write(b"[#1] Running task flood\n")
+    # When a task writes 100 times the cap
+    for _ in range(1000):
+        task.write(b"y" * 1000)
+    # Then the setup log still takes the build's last lines
+    setup.write(b"[#1] Uploaded /x (3 bytes): http://artifacts/x\n[#1] Build complete.\n")
+    streamer.close()
+    assert sink.text(SETUP_LOG).endswith(b"[#1] Build complete.\n")
+    flood = sink.text("flood")
+    assert flood.count(b"Log truncated") == 1
+    assert b"this job's logs reached their limit of 10000 bytes" in flood
+    # And the task log says once, at its end, how much was dropped
+    kept = len(flood.split(b"\n[buildworker]")[0])
+    assert kept == 10_000 - 1_000 - len(b"[#1] Running task flood\n")
+    assert flood.endswith(
+        f"\n[buildworker] {1_000_000 - kept} bytes of output were dropped (this job's logs "
+        "reached their limit of 10000 bytes).\n".encode()
+    )
+    assert flood.count(b"bytes of output were dropped") == 1
+    assert streamer.budget.dropped == 1_000_000 - kept
+
+
+def test_each_task_log_has_its_own_cap_so_the_next_task_still_logs() -> None:
+    sink = RecordingSink()
+    streamer = LogStreamer(sink, NeedleSet(), max_bytes=10_000, max_task_bytes=3_000)
+    first, second = streamer.open("first"), streamer.open("second")
+    first.write(b"a" * 5_000)
+    second.write(b"b" * 2_000)
+    streamer.close()
+    out = sink.text("first")
+    assert out.startswith(b"a" * 3_000 + b"\n[buildworker] Log truncated: this log reached its")
+    assert b"2000 bytes of output were dropped (this log reached its limit of 3000 bytes)" in out
+    assert sink.text("second") == b"b" * 2_000  # untouched, nothing appended
+
+
+def test_a_truncated_task_log_skips_the_redactor_for_what_it_drops() -> None:
+    sink = RecordingSink()
+    streamer = LogStreamer(sink, NeedleSet(), max_bytes=1_000)
+    task = streamer.open("flood")
+    task.write(b"z" * 2_000)  # truncated here
+    calls: list[int] = []
+    real = task._redactor.write
+
+    def counting(data: bytes) -> bytes:
+        calls.append(len(data))
+        return real(data)
+
+    task._redactor.write = counting  # type: ignore[method-assign]
+    for _ in range(100):
+        task.write(b"z" * 10_000)
+    streamer.close()
+    assert calls == [] and task.pending == 0
+    assert task.dropped == 1_000 + 100 * 10_000
+
+
+def test_an_overflowing_setup_log_still_ends_with_its_last_lines_masked() -> None:
+    # Given a setup log that itself floods past the whole job cap (a huge package install)
+    needles = NeedleSet()
+    needles.add("hunter2-secret", "token")
+    sink = RecordingSink()
+    streamer = LogStreamer(sink, needles, max_bytes=5_000, setup_reserve=1_000)
+    setup = streamer.open(SETUP_LOG)
+    for n in range(20_000):
+        setup.write(f"unpacking package {n}\n".encode())
+    setup.write(b"[#1] Error: token hunter2-secret refused\n[#1] Build failed.\n")
+    streamer.close()
+    out = sink.text(SETUP_LOG)
+    # Then the log was cut once, says how much it dropped, and its end still arrives
+    assert out.count(b"Log truncated") == 1
+    assert b"bytes of output were dropped" in out
+    assert out.endswith(b"[#1] Error: token [MASKED] refused\n[#1] Build failed.\n")
+    assert b"hunter2" not in out
+    # The kept tail is bounded, and starts on a line
+    tail = out.split(b"bytes of it:\n", 1)[1]
+    assert len(tail) <= 64 * 1024 and tail.startswith(b"unpacking package ")

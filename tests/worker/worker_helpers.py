@@ -6,6 +6,7 @@ API suite).
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -133,7 +134,9 @@ def api_config(data_dir: Path, db_url: str, amqp_url: str | None = None, **worke
 # --- real VMs ---------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES = REPO / "images"
+#: A worktree whose images/debian/bookworm is a symlink to another checkout points this at
+#: that checkout's images/ (the catalogue refuses images that resolve outside its root).
+IMAGES = Path(os.environ.get("BUILDWORKER_TEST_IMAGES", REPO / "images"))
 SSH_KEY = REPO / ".state" / "id_ed25519"
 
 
