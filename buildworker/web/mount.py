@@ -68,6 +68,18 @@ def _is_api(path: str) -> bool:
     return path.startswith(_API_PREFIXES) or path == "/api"
 
 
+def _wants_json(request: Request) -> bool:
+    """API paths answer JSON; so does any path asked by an API client (an Authorization header, or an
+    Accept that names JSON and not HTML), so `curl -H "Authorization: token ..." /typo` gets the
+    API's error body, as it did before the pages existed. Browsers get the HTML page."""
+    if _is_api(request.url.path) or request.url.path.startswith("/static/"):
+        return True
+    if "authorization" in request.headers:  # pages sign in by cookie, API clients by token
+        return True
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
 def install(app: FastAPI, config: Config) -> None:
     """Mount the pages on `app` (after the API's routers and exception handlers)."""
     app.state.web_templates = make_templates()
@@ -101,7 +113,7 @@ def install(app: FastAPI, config: Config) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if _is_api(request.url.path) or request.url.path.startswith("/static/"):
+        if _wants_json(request):
             return await json_http_error(request, exc)
         if exc.status_code == 404:
             return _error_page(request, 404, *_NOT_FOUND)

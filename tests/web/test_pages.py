@@ -489,6 +489,10 @@ def test_unknown_pages_are_html_404s_and_api_paths_stay_json(site: Site) -> None
     api = client.get("/api/nothing")
     assert api.status_code == 404 and api.json() == {"errors": [{"reason": "404 not found"}]}
     assert client.get("/logs/999/log").json() == {"errors": [{"reason": "404 not found"}]}
+    # an API client (a token, or asking for JSON) on a mistyped path gets the API's body
+    for headers in ({"Authorization": "token x"}, {"Accept": "application/json"}):
+        typo = client.get("/no/such/page", headers=headers)
+        assert typo.status_code == 404 and typo.json() == {"errors": [{"reason": "404 not found"}]}
 
 
 # --- the admin command -------------------------------------------------------------------------------
