@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ops_helpers import MANIFEST, free_port, ops_config, stop, user_headers, wait_for
+from ops_helpers import MANIFEST, answers_200, free_port, ops_config, stop, user_headers, wait_for
 from prometheus_helpers import Prometheus, promtool
 
 from buildworker.api.app import create_app
@@ -46,7 +46,7 @@ def api(tmp_path: Path, sqlite_url: str, amqp_url: str) -> Iterator[tuple[str, d
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 30, "API ready")
+    wait_for(lambda: answers_200(f"{url}/readyz"), 30, "API ready")
     yield url, headers
     service.stop()
     thread.join(30)
@@ -108,7 +108,8 @@ def test_a_real_build_seen_by_prometheus(
             ) == [1.0]
             # NAMES: the running gauge was 1 during the build, and is 0 now
             prom.wait_for("buildworker_jobs_running", lambda v: v == [0.0])
-            series = prom.query_range("buildworker_jobs_running", started - 5, time.time())
+            # (the range's 1 s steps may all fall before the scrape that saw 0: end one step on)
+            series = prom.query_range("buildworker_jobs_running", started - 5, time.time() + 1)
             values = [v for _, v in series[0]["values"]]
             assert 1.0 in values and values[-1] == 0.0, values
             first_one = values.index(1.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ops_helpers import MANIFEST, free_port, ops_config, user_headers, wait_for
+from ops_helpers import MANIFEST, answers_200, free_port, ops_config, user_headers, wait_for
 from prometheus_helpers import Prometheus
 
 from buildworker.api.app import create_app
@@ -28,7 +28,7 @@ def api(tmp_path: Path, sqlite_url: str, amqp_url: str) -> Iterator[tuple[str, d
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 30, "API ready")
+    wait_for(lambda: answers_200(f"{url}/readyz"), 30, "API ready")
     yield url, headers
     service.stop()
     thread.join(30)
@@ -64,6 +64,11 @@ def test_prometheus_scrapes_request_durations_for_api_jobs_and_the_worker(
                 lambda v: v == [3.0],
             )
             assert posted == [3.0]
+            # (the GETs came after the POSTs: wait until a scrape has seen them too)
+            prom.wait_for(
+                'buildworker_api_request_duration_seconds_count{route="/api/jobs/{job_id}"}',
+                lambda v: v == [1.0],
+            )
             series = prom.query(
                 'buildworker_api_request_duration_seconds_bucket{route="/api/jobs/{job_id}"}'
             )
