@@ -267,6 +267,8 @@ def test_ssh_and_pgp_key_secrets_are_installed_by_type_and_masked(
             capture_output=True,
         ).stdout
     )
+    # gpg started an agent for that home on the host: stop it, or it outlives the test
+    subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "all"], check=False)
     manifest = (
         "image: debian/bookworm\nsecrets: [deploy, signing]\ntasks:\n  - check: |\n"
         "      stat -c '%a %n' ~/.ssh/deploy\n"
