@@ -107,6 +107,16 @@ def parse_hostport(text: str) -> str:
     return value
 
 
+LOG_FORMATS = ("auto", "console", "json")
+
+
+def parse_log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
 def parse_url(text: str) -> str:
     value = text.strip()
     if not re.match(r"^[a-z][a-z0-9+.-]*://", value):
@@ -124,6 +134,7 @@ _KINDS: dict[str, Any] = {
     "list": parse_list,
     "hostport": parse_hostport,
     "url": parse_url,
+    "logformat": parse_log_format,
 }
 
 
@@ -332,7 +343,9 @@ class VmConfig:
     )
     allow_networks: tuple[str, ...] = field(
         default=(),
-        metadata=opt("list", "private or link-local ranges guests may reach (CIDR, comma-separated)"),
+        metadata=opt(
+            "list", "private or link-local ranges guests may reach (CIDR, comma-separated)"
+        ),
     )
     qemu_user: str = field(
         default="libvirt-qemu",
@@ -354,7 +367,10 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    format: str = field(default="console", metadata=opt("str", "console or json"))
+    format: str = field(
+        default="auto",
+        metadata=opt("logformat", "auto (JSON lines unless stderr is a terminal), console or json"),
+    )
     level: str = field(default="info", metadata=opt("str", "debug, info, warning or error"))
 
 

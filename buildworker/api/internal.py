@@ -274,6 +274,9 @@ def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -
             _end_unclaimable(request, session, job, body, problems)
             raise ApiError(409, problems)
 
+    # A queued job's `updated` is when it was (re)queued (the API's queue-age gauge reads
+    # it the same way): the worker's queue-wait histogram starts there.
+    queued_since = job.updated
     now = utcnow()
     result = session.execute(
         update(Job)
@@ -334,6 +337,7 @@ def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -
         "secrets_enabled": job.secrets,
         "lease_seconds": config.api.lease,
         "timeout_seconds": config.api.job_timeout,
+        "queued_at": queued_since.isoformat(),
     }
 
 

@@ -186,7 +186,7 @@ class ApiService:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    configure_logging(json=config.log.format == "json", level=config.log.level)
+    configure_logging(config.log.format, level=config.log.level)
     try:
         notifier = Notifier.from_environ()
     except NotifyError as exc:

@@ -1,16 +1,26 @@
-"""`buildworker worker`: the build-host daemon (RabbitMQ → claim → VM → reports)."""
+"""`buildworker worker`: the build-host daemon (RabbitMQ → claim → VM → reports).
+
+Under systemd (``Type=notify``, `buildworker.worker.supervisor`): ``READY=1`` once the broker
+is connected, libvirt answers, images are present and the API is reachable (``/readyz``'s
+checks), ``STATUS=`` lines with the slots and the broker, ``WATCHDOG=1`` while the main loop
+ticks and the consumer runs, ``STOPPING=1`` when SIGTERM starts the drain.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import structlog
 
 from buildworker.config import load_config
 from buildworker.log import configure_logging
+from buildworker.sdnotify import Notifier, NotifyError, WatchdogPinger
 from buildworker.worker.apiclient import InternalApi
 from buildworker.worker.daemon import Daemon
+from buildworker.worker.health import readiness
 from buildworker.worker.redact import NeedleSet, structlog_masker
+from buildworker.worker.supervisor import Supervisor
 
 NAME = "worker"
 HELP = "run the build worker daemon (consumes jobs, one fresh VM per job)"
@@ -18,17 +28,24 @@ HELP = "run the build worker daemon (consumes jobs, one fresh VM per job)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--no-metrics", action="store_true", help="do not serve /metrics ([worker] metrics-bind)"
+        "--no-metrics",
+        action="store_true",
+        help="do not serve /metrics, /healthz and /readyz ([worker] metrics-bind)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    configure_logging(config.log.format == "json", config.log.level)
-    # Our own log events are masked with the secrets of the jobs running at the time.
+    # Our own log lines (and stdlib ones: paramiko, pika) are masked with the secrets of
+    # the jobs running at the time; the runner adds and removes them.
     log_needles = NeedleSet()
-    processors = list(structlog.get_config()["processors"])
-    structlog.configure(processors=[structlog_masker(log_needles), *processors])
+    configure_logging(config.log.format, config.log.level, masker=structlog_masker(log_needles))
+    try:
+        notifier = Notifier.from_environ()
+    except NotifyError as exc:
+        print(f"buildworker: systemd: {exc}", file=sys.stderr)
+        return 2
+    notifier.status("starting: connecting to libvirt")
     # Imported here so `buildworker --help` works on a host without libvirt.
     from buildworker.guest.hypervisor import Hypervisor
     from buildworker.guest.images import ImageCatalogue
@@ -41,11 +58,27 @@ def run(args: argparse.Namespace) -> int:
     if reaped:
         structlog.get_logger().warning("reaped_leftover_vms", domains=reaped)
     daemon.install_signal_handlers()
-    if not args.no_metrics:
-        daemon.metrics.serve(config.worker.metrics_bind)
+    notifier.status("starting: registering with the API")
     daemon.start()
+    checks = readiness(
+        connected=daemon.broker_connected,
+        libvirt_uri=config.vm.libvirt_uri,
+        catalogue=catalogue,
+        api_url=config.worker.api_url,
+    )
+    supervisor = Supervisor(daemon, notifier, checks, daemon.metrics)
+    server = None
+    if not args.no_metrics:
+        server = daemon.metrics.serve(
+            config.worker.metrics_bind, liveness=supervisor.liveness(), readiness=checks
+        )
+    pinger = WatchdogPinger(notifier, supervisor.alive).start()
     try:
-        return daemon.run_until_stopped()
+        return daemon.run_until_stopped(on_tick=supervisor.tick, on_drain=supervisor.draining)
     finally:
+        pinger.stop()
+        if server is not None:
+            server.close()
         api.close()
         vms.close()  # withdraws this worker's forwards and allowed networks
+        notifier.close()

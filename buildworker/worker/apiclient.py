@@ -111,6 +111,9 @@ class InternalApi:
         self._sleep = sleep or self._stop.wait
         self._log = structlog.get_logger().bind(component="apiclient")
         self.retries = 0
+        #: told the endpoint name of each call that failed for good (metrics); refusals the
+        #: contract expects (404 unknown job, 409 conflict) are answers, not failures
+        self.on_error: Callable[[str], None] | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -126,6 +129,7 @@ class InternalApi:
         params: Mapping[str, Any] | None = None,
         content: Callable[[], bytes | Iterator[bytes]] | None = None,
         budget_s: float | None = None,
+        endpoint: str,
     ) -> httpx.Response:
         """One call, retried until it gets an answer retrying cannot change.
 
@@ -153,24 +157,36 @@ class InternalApi:
                 message = f"{method} {path}: HTTP {response.status_code}: {_errors_text(body)}"
                 if not is_retryable_status(response.status_code):
                     cls = _ERRORS.get(response.status_code, ApiError)
+                    if cls not in (NotFound, Conflict):
+                        self._failed(endpoint)
                     raise cls(message, response.status_code, body)
                 failure = ApiError(message, response.status_code, body)
             delay = compute_backoff(attempt, base_s=0.2, max_s=5.0)
             if time.monotonic() + delay > deadline or self._stop.is_set():
+                self._failed(endpoint)
                 raise failure
             self.retries += 1
             self._log.warning("api_retry", path=path, attempt=attempt, error=str(failure))
             self._sleep(delay)
             attempt += 1
 
+    def _failed(self, endpoint: str) -> None:
+        if self.on_error is not None:
+            self.on_error(endpoint)
+
     # -- the contract ----------------------------------------------------------------------
 
     def register(self, name: str, images: list[dict[str, Any]]) -> None:
-        self._request("POST", "/workers", json={"name": name, "images": images})
+        self._request(
+            "POST", "/workers", json={"name": name, "images": images}, endpoint="register"
+        )
 
     def claim(self, job_id: int, worker: str, attempt: int) -> dict[str, Any]:
         response = self._request(
-            "POST", f"/jobs/{job_id}/claim", json={"worker": worker, "attempt": attempt}
+            "POST",
+            f"/jobs/{job_id}/claim",
+            json={"worker": worker, "attempt": attempt},
+            endpoint="claim",
         )
         data = response.json()
         if not isinstance(data, dict):
@@ -180,13 +196,20 @@ class InternalApi:
     def heartbeat(self, job_id: int, attempt: int, *, budget_s: float | None = None) -> bool:
         """Renews the lease; returns whether the job was cancelled."""
         response = self._request(
-            "POST", f"/jobs/{job_id}/heartbeat", json={"attempt": attempt}, budget_s=budget_s
+            "POST",
+            f"/jobs/{job_id}/heartbeat",
+            json={"attempt": attempt},
+            budget_s=budget_s,
+            endpoint="heartbeat",
         )
         return bool(_json_or_none(response, {}).get("cancelled", False))
 
     def task_status(self, job_id: int, attempt: int, name: str, status: str) -> None:
         self._request(
-            "PUT", f"/jobs/{job_id}/tasks/{name}", json={"attempt": attempt, "status": status}
+            "PUT",
+            f"/jobs/{job_id}/tasks/{name}",
+            json={"attempt": attempt, "status": status},
+            endpoint="task",
         )
 
     def append_log(self, job_id: int, attempt: int, log: str, offset: int, data: bytes) -> int:
@@ -209,6 +232,7 @@ class InternalApi:
                     else f"/jobs/{job_id}/tasks/{log}/log",
                     params={"offset": offset, "attempt": attempt},
                     content=lambda chunk=data: chunk,  # type: ignore[misc]
+                    endpoint="log",
                 )
             except Conflict as exc:
                 size = _size_of(exc.body)
@@ -235,6 +259,7 @@ class InternalApi:
             f"/jobs/{job_id}/artifacts",
             params={"attempt": attempt, "path": guest_path},
             content=body,
+            endpoint="artifact",
         )
         data = _json_or_none(response, {})
         return str(data.get("url", ""))
@@ -256,11 +281,15 @@ class InternalApi:
                 "reason": reason,
                 "infrastructure": infrastructure,
             },
+            endpoint="finish",
         )
 
     def release(self, job_id: int, attempt: int, reason: str) -> None:
         self._request(
-            "POST", f"/jobs/{job_id}/release", json={"attempt": attempt, "reason": reason}
+            "POST",
+            f"/jobs/{job_id}/release",
+            json={"attempt": attempt, "reason": reason},
+            endpoint="release",
         )
 
 

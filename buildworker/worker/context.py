@@ -90,9 +90,20 @@ class BuildResult:
     #: The job could not start as submitted (bad manifest, unknown image, no VM booted).
     setup_error: bool = False
     task_statuses: Mapping[str, str] = field(default_factory=dict)
+    #: boot request to SSH answering (builds.sr.ht's "settle"), and its two halves
     boot_s: float | None = None
+    vm_boot_s: float | None = None
+    settle_s: float | None = None
+    #: first SSH login to the first task's start (None: setup did not get that far)
+    setup_s: float | None = None
+    #: (status, seconds) of each task that ran, in order (names stay out of metrics)
+    task_timings: tuple[tuple[str, float], ...] = ()
     first_task_byte_s: float | None = None
     failed_chunks: int = 0
+    #: which part broke, for an infrastructure failure (metrics.INFRA_REASONS)
+    infra_reason: str | None = None
+    #: fresh-VM retries after a failed boot or settle
+    boot_retries: int = 0
 
 
 class Reporter(ChunkSink, Protocol):
@@ -141,8 +152,11 @@ class BuildContext:
     deadline: float  # time.monotonic() by which the build must end
     task_statuses: dict[str, str] = field(default_factory=dict)
     first_task_byte_at: float | None = None
+    first_task_started_at: float | None = None
+    task_timings: list[tuple[str, float]] = field(default_factory=list)
     max_artifact_bytes: int = 1024**3
     log: Any = field(default_factory=lambda: structlog.get_logger())
+    _task_started: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def manifest(self) -> Manifest:
@@ -192,6 +206,13 @@ class BuildContext:
     def set_task_status(self, name: str, status: str) -> None:
         """Record and report a task's status (logs are flushed first so they stay in order)."""
         self.logs.flush(release=False)
+        now = time.monotonic()
+        if status == "running":
+            self._task_started[name] = now
+            if self.first_task_started_at is None:
+                self.first_task_started_at = now
+        elif name in self._task_started:
+            self.task_timings.append((status, now - self._task_started.pop(name)))
         self.task_statuses[name] = status
         self.reporter.task_status(name, status)
 

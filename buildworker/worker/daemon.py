@@ -18,7 +18,9 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -28,7 +30,7 @@ from buildworker.config import Config
 from buildworker.manifest import ManifestError, parse_manifest
 from buildworker.worker.apiclient import ApiError, Conflict, InternalApi, NotFound, Unauthorized
 from buildworker.worker.consumer import Consumer, Delivery
-from buildworker.worker.context import CancelToken, JobSpec, SecretMaterial
+from buildworker.worker.context import BuildResult, CancelToken, JobSpec, SecretMaterial
 from buildworker.worker.interfaces import Catalogue, VmHost
 from buildworker.worker.logs import SETUP_LOG
 from buildworker.worker.metrics import WorkerMetrics
@@ -89,6 +91,7 @@ class Daemon:
         self._slots = max(1, config.worker.slots)
         self._heartbeat_s = heartbeat_s
         self.metrics = metrics or WorkerMetrics()
+        api.on_error = self.metrics.api_error
         self._runner = BuildRunner(
             catalogue,
             vms,
@@ -122,7 +125,7 @@ class Daemon:
         routes = routes_of(served)
         if not routes:
             raise RuntimeError("this host serves no images: nothing to consume")
-        self.metrics.slots.set(self._slots)
+        self.metrics.set_slots(self._slots)
         self._consumer = Consumer(
             self._config.broker.url,
             routes,
@@ -132,6 +135,30 @@ class Daemon:
             reconnect_max_s=self._config.broker.reconnect_max,
         ).start()
         self._log.info("worker_started", slots=self._slots, routes=[f"{i}@{a}" for i, a in routes])
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def load(self) -> tuple[int, int]:
+        """(busy slots, slots). Takes the daemon's lock: a main loop wedged on it is what
+        the watchdog is there to notice."""
+        with self._lock:
+            return self._busy, self._slots
+
+    def broker_connected(self) -> bool:
+        return self._consumer is not None and self._consumer.connected.is_set()
+
+    def consumer_alive(self) -> bool:
+        """The consumer thread runs (False before `start` and after the drain stopped it)."""
+        return self._consumer is not None and self._consumer.is_alive()
+
+    def broker_reconnects(self) -> int:
+        return 0 if self._consumer is None else self._consumer.reconnects
 
     def install_signal_handlers(self) -> None:
         """SIGTERM: drain (second: stop now); SIGINT: stop now. Handlers only set events."""
@@ -155,11 +182,25 @@ class Daemon:
         self._draining.set()
         self._stop_now.set()
 
-    def run_until_stopped(self) -> int:
-        """Block until drained (or stopped); returns the exit code."""
+    def run_until_stopped(
+        self,
+        *,
+        on_tick: Callable[[], None] | None = None,
+        on_drain: Callable[[], None] | None = None,
+    ) -> int:
+        """Block until drained (or stopped); returns the exit code.
+
+        This is the main loop: ``on_tick`` runs on every turn of it, waiting and draining
+        alike (the supervisor's readiness, STATUS= and watchdog health hang on it), and
+        ``on_drain`` once when the drain begins (STOPPING=1).
+        """
+        tick = on_tick or (lambda: None)
+        tick()
         while not self._draining.wait(0.5):
-            pass
+            tick()
         self._log.info("worker_draining", running=list(self._running))
+        if on_drain is not None:
+            on_drain()
         if self._consumer is not None:
             self._consumer.pause()
         deadline = time.monotonic() + self._config.worker.drain_timeout
@@ -167,11 +208,14 @@ class Daemon:
             if time.monotonic() >= deadline:
                 self._log.warning("drain_timeout", running=list(self._running))
                 break
+            tick()
             self._stop_now.wait(0.2)
         for running in self._snapshot():
             running.cancel.cancel("drain")
         for thread in list(self._threads):
-            thread.join()
+            while thread.is_alive():  # teardown takes seconds: keep the watchdog fed
+                tick()
+                thread.join(0.5)
         if self._consumer is not None:
             self._consumer.stop()
         self._log.info("worker_stopped", jobs_done=self.jobs_done)
@@ -208,6 +252,9 @@ class Daemon:
     def _slot(self, delivery: Delivery) -> None:
         assert self._consumer is not None and delivery.message is not None
         message = delivery.message
+        # In this thread's context too, so that events of other loggers (the API client's
+        # retries, the hypervisor's) carry the job as well.
+        structlog.contextvars.bind_contextvars(job_id=message.job_id, attempt=message.attempt)
         log = self._log.bind(job_id=message.job_id, attempt=message.attempt)
         try:
             if self._draining.is_set():
@@ -244,15 +291,26 @@ class Daemon:
     def _build(self, job_id: int, attempt: int, claim: dict[str, Any], log: Any) -> None:
         cancel = CancelToken()
         running = _Running(job_id, attempt, cancel, threading.current_thread())
+        image, arch = self._labels(claim)
+        log = log.bind(image=image, arch=arch)
+        structlog.contextvars.bind_contextvars(image=image)
         with self._lock:
             self._running[job_id] = running
-        self.metrics.started.inc()
-        self.metrics.running.inc()
+        self.metrics.build_started(image, arch)
+        wait_s = _queue_wait(claim.get("queued_at"))
+        if wait_s is not None:
+            self.metrics.queue_wait.labels(image=image, arch=arch).observe(wait_s)
         heartbeat = threading.Thread(
             target=self._heartbeat, args=(running, log), name=f"heartbeat-{job_id}", daemon=True
         )
         heartbeat.start()
-        reporter = ApiReporter(self._api, job_id, attempt)
+        reporter = ApiReporter(
+            self._api,
+            job_id,
+            attempt,
+            on_log_bytes=self.metrics.log_bytes.inc,
+            on_artifact_bytes=self.metrics.artifact_bytes.inc,
+        )
         try:
             try:
                 spec = self._spec_from_claim(job_id, attempt, claim)
@@ -261,14 +319,8 @@ class Daemon:
                 self._api.append_log(job_id, attempt, SETUP_LOG, 0, f"Error: {exc}\n".encode())
                 self._api.finish(job_id, attempt, "failed", str(exc), False)
                 return
-            result = self._runner.run(spec, reporter, cancel)
-            self.metrics.log_chunks_failed.inc(result.failed_chunks)
-            if result.boot_s is not None:
-                self.metrics.settle.labels(
-                    image=spec.manifest.image, arch=spec.manifest.arch or "default"
-                ).observe(result.boot_s)
-            if result.infrastructure:
-                self.metrics.infra_failures.inc()
+            result = self._runner.run(spec, reporter, cancel, log=log)
+            self._record(result, image, arch)
             if cancel.reason in RELEASE_REASONS:
                 log.info("job_released", reason=cancel.reason)
                 self._api.release(job_id, attempt, "worker draining")
@@ -277,8 +329,8 @@ class Daemon:
                 log.warning("job_abandoned", reason="the lease was lost")
                 return
             self._api.finish(job_id, attempt, result.status, result.reason, result.infrastructure)
-            self.metrics.finished.labels(result=result.status).inc()
-            self.metrics.duration.labels(result=result.status).observe(
+            self.metrics.finished.labels(status=result.status).inc()
+            self.metrics.srht_duration.labels(status=result.status).observe(
                 time.monotonic() - running.started
             )
             with self._lock:
@@ -288,9 +340,38 @@ class Daemon:
         finally:
             cancel.event.set()  # also stops the heartbeat loop
             heartbeat.join()
-            self.metrics.running.dec()
+            self.metrics.build_ended()
             with self._lock:
                 self._running.pop(job_id, None)
+
+    def _labels(self, claim: dict[str, Any]) -> tuple[str, str]:
+        """The (image, arch) metric labels of a claim: the image the catalogue resolves it
+        to (an alias counts under its release), else what the job asked for."""
+        image = str(claim.get("image") or "unknown")
+        arch = claim.get("arch")
+        try:
+            resolved = self._catalogue.resolve(image, str(arch) if arch else None)
+        except Exception:  # an unknown image: the build fails in setup and says why
+            return image, str(arch or "default")
+        return resolved.name, resolved.arch
+
+    def _record(self, result: BuildResult, image: str, arch: str) -> None:
+        """One build's timings and failures into the metrics."""
+        m = self.metrics
+        m.log_chunks_failed.inc(result.failed_chunks)
+        if result.boot_s is not None:
+            m.srht_settle.labels(image=image, arch=arch).observe(result.boot_s)
+        if result.vm_boot_s is not None:
+            m.boot.labels(image=image, arch=arch).observe(result.vm_boot_s)
+        if result.settle_s is not None:
+            m.settle.labels(image=image, arch=arch).observe(result.settle_s)
+        if result.setup_s is not None:
+            m.setup.labels(image=image, arch=arch).observe(result.setup_s)
+        for status, seconds in result.task_timings:
+            m.task_duration.labels(image=image, arch=arch, status=status).observe(seconds)
+        m.infra_retries.inc(result.boot_retries)
+        if result.infrastructure:
+            m.infra_failures.labels(reason=result.infra_reason or "other").inc()
 
     def _spec_from_claim(self, job_id: int, attempt: int, claim: dict[str, Any]) -> JobSpec:
         manifest = parse_manifest(str(claim.get("manifest") or ""))
@@ -324,3 +405,16 @@ class Daemon:
                 log.info("job_cancelled_by_api")
                 running.cancel.cancel("cancelled")
                 return
+
+
+def _queue_wait(queued_at: Any) -> float | None:
+    """Seconds from ``queued_at`` (the claim's ISO 8601 time the job was queued) to now."""
+    if not isinstance(queued_at, str):
+        return None
+    try:
+        when = datetime.fromisoformat(queued_at)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - when).total_seconds())

@@ -46,6 +46,13 @@ class InfraError(WorkerError):
 
 
 class BootError(InfraError):
-    """The guest did not boot or did not answer SSH in time: worth one more try."""
+    """The guest did not boot or did not answer SSH in time: worth one more try.
+
+    ``stage`` says which (``boot``: the domain did not start; ``settle``: SSH never
+    answered), for ``buildworker_infra_failures_total{reason}``."""
 
     retryable = True
+
+    def __init__(self, message: str, stage: str = "boot") -> None:
+        super().__init__(message)
+        self.stage = stage

@@ -1,7 +1,10 @@
 """Prometheus metrics of one worker process, on its own registry, served on /metrics.
 
-Names follow ``buildworker_<thing>_<unit>``; labels are bounded (image, arch, result,
-outcome), never a job id. The daemon records; steps never touch Prometheus.
+Two families, both in docs/operations.md's table (the contract; a test checks the two
+agree): builds.sr.ht's names kept exactly, with their types, labels and buckets, so that
+dashboards built for builds.sr.ht's workers show ours; and ours, ``buildworker_<thing>_<unit>``
+in seconds and bytes. Labels are bounded (image, arch, status, reason, endpoint, outcome),
+never a job id, an owner or a task name. The daemon records; steps never touch Prometheus.
 
 `serve` runs one small HTTP server on ``[worker] metrics-bind`` for ``/metrics`` and, when
 health registries are given, ``/healthz`` and ``/readyz`` (`buildworker.health` JSON, 200
@@ -15,62 +18,194 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from buildworker import __version__
 from buildworker.health import HealthChecks
 
-__all__ = ["CONTENT_TYPE", "MetricsServer", "WorkerMetrics"]
+__all__ = ["CONTENT_TYPE", "INFRA_REASONS", "MetricsServer", "WorkerMetrics"]
 
 #: The classic text format, which Debian 12's Prometheus 2.42 expects.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_BUILD_BUCKETS = (10, 30, 60, 90, 120, 300, 600, 900, 1800, 3600)
-_BOOT_BUCKETS = (1, 2, 3, 5, 10, 15, 20, 30, 60, 90, 120, 300)
+# builds.sr.ht's buckets, exactly (its worker's Go code); ours are in seconds as well.
+_SRHT_BUILD_BUCKETS = (10, 30, 60, 90, 120, 300, 600, 900, 1800)
+_SRHT_SETTLE_BUCKETS = (1, 2, 3, 5, 10, 30, 60, 90, 120, 300)
+_QUEUE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
+_VM_BUCKETS = (1, 2, 3, 5, 10, 15, 20, 30, 60, 120)
+_SETUP_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600)
+_TASK_BUCKETS = (1, 10, 30, 60, 300, 600, 1800, 3600)
+
+#: The bounded values of ``buildworker_infra_failures_total{reason}``.
+INFRA_REASONS = ("boot", "settle", "ssh", "api", "broker", "artifacts", "other")
+#: The bounded values of ``buildworker_api_request_errors_total{endpoint}``.
+API_ENDPOINTS = (
+    "claim",
+    "heartbeat",
+    "task",
+    "log",
+    "artifact",
+    "finish",
+    "release",
+    "register",
+)
 
 
 class WorkerMetrics:
+    """Every series of a worker, on a registry of its own (tests make several per process)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.slots = Gauge("buildworker_capacity_slots", "Build slots of this worker", registry=r)
-        self.running = Gauge("buildworker_jobs_running", "Builds running now", registry=r)
-        self.started = Counter(
-            "buildworker_jobs_started_total", "Builds started after a claim", registry=r
+        # --- builds.sr.ht's names ------------------------------------------------------------
+        self.srht_workers = Gauge(
+            "buildsrht_build_workers", "Configured build slots (builds.sr.ht)", registry=r
         )
-        self.finished = Counter(
-            "buildworker_jobs_finished_total", "Builds ended, by result", ["result"], registry=r
+        self.srht_running = Gauge(
+            "buildsrht_builds_running", "Builds running now (builds.sr.ht)", registry=r
         )
-        self.duration = Histogram(
-            "buildworker_build_duration_seconds",
-            "Claim to finish",
-            ["result"],
-            buckets=_BUILD_BUCKETS,
+        self.srht_duration = Histogram(
+            "buildsrht_build_duration",
+            "Claim to finish, in seconds (builds.sr.ht)",
+            ["status"],
+            buckets=_SRHT_BUILD_BUCKETS,
+            registry=r,
+        )
+        self.image_runs = Counter(
+            "buildsrht_image_runs",
+            "Builds started per image (builds.sr.ht)",
+            ["image", "arch"],
+            registry=r,
+        )
+        self.srht_settle = Histogram(
+            "buildsrht_vm_settle_duration_seconds",
+            "Boot request to SSH answering (builds.sr.ht)",
+            ["image", "arch"],
+            buckets=_SRHT_SETTLE_BUCKETS,
+            registry=r,
+        )
+        # --- ours -----------------------------------------------------------------------------
+        self.ready = Gauge(
+            "buildworker_worker_ready",
+            "1 while /readyz passes and the worker is not draining",
+            registry=r,
+        )
+        self.slots = Gauge("buildworker_slots", "Build slots of this worker", registry=r)
+        self.slots_busy = Gauge("buildworker_slots_busy", "Slots running a build", registry=r)
+        self.queue_wait = Histogram(
+            "buildworker_job_queue_wait_seconds",
+            "Enqueue (outbox row) to claim",
+            ["image", "arch"],
+            buckets=_QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.boot = Histogram(
+            "buildworker_vm_boot_seconds",
+            "Define to domain running",
+            ["image", "arch"],
+            buckets=_VM_BUCKETS,
             registry=r,
         )
         self.settle = Histogram(
-            "buildworker_vm_ssh_ready_seconds",
-            "Boot request to SSH answering",
+            "buildworker_vm_settle_seconds",
+            "Domain running to first SSH login",
             ["image", "arch"],
-            buckets=_BOOT_BUCKETS,
+            buckets=_VM_BUCKETS,
+            registry=r,
+        )
+        self.setup = Histogram(
+            "buildworker_job_setup_seconds",
+            "Env, secrets, repositories, packages and sources (login to first task)",
+            ["image", "arch"],
+            buckets=_SETUP_BUCKETS,
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "buildworker_task_duration_seconds",
+            "Each task, by its status (never its name)",
+            ["image", "arch", "status"],
+            buckets=_TASK_BUCKETS,
+            registry=r,
+        )
+        self.finished = Counter(
+            "buildworker_jobs_finished", "Builds ended, by status", ["status"], registry=r
+        )
+        self.infra_failures = Counter(
+            "buildworker_infra_failures",
+            "Builds ended or retried by an infrastructure failure",
+            ["reason"],
+            registry=r,
+        )
+        self.infra_retries = Counter(
+            "buildworker_infra_retries",
+            "Fresh-VM retries after an infrastructure failure",
+            registry=r,
+        )
+        self.log_bytes = Counter(
+            "buildworker_log_bytes", "Log bytes accepted by the API", registry=r
+        )
+        self.log_chunks_failed = Counter(
+            "buildworker_log_chunks_failed", "Log chunks the API never accepted", registry=r
+        )
+        self.artifact_bytes = Counter(
+            "buildworker_artifact_bytes", "Artifact bytes uploaded", registry=r
+        )
+        self.broker_reconnects = Counter(
+            "buildworker_broker_reconnects", "AMQP reconnects", registry=r
+        )
+        self.api_errors = Counter(
+            "buildworker_api_request_errors",
+            "Internal-API calls that failed after their retries",
+            ["endpoint"],
             registry=r,
         )
         self.deliveries = Counter(
-            "buildworker_amqp_deliveries_total",
+            "buildworker_amqp_deliveries",
             "Deliveries by outcome (ack, dead, requeue)",
             ["outcome"],
             registry=r,
         )
-        self.infra_failures = Counter(
-            "buildworker_infra_failures_total",
-            "Builds ended by an infrastructure failure",
-            registry=r,
-        )
-        self.log_chunks_failed = Counter(
-            "buildworker_log_chunks_failed_total", "Log chunks the API never accepted", registry=r
-        )
         info = Gauge("buildworker_build_info", "Version", ["version"], registry=r)
         info.labels(version=__version__).set(1)
+        # Process metrics (CPU, memory, open fds) and the Python version, as every exporter.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        # Every bounded label value exists from the start: rate() over a series that appears
+        # with its first failure misses that failure, and alerts compare against 0.
+        for reason in INFRA_REASONS:
+            self.infra_failures.labels(reason=reason)
+        for endpoint in API_ENDPOINTS:
+            self.api_errors.labels(endpoint=endpoint)
+        for outcome in ("ack", "dead", "requeue"):
+            self.deliveries.labels(outcome=outcome)
+        for status in ("success", "failed", "timeout", "cancelled"):
+            self.finished.labels(status=status)
+
+    def set_slots(self, slots: int) -> None:
+        self.slots.set(slots)
+        self.srht_workers.set(slots)
+
+    def build_started(self, image: str, arch: str) -> None:
+        self.image_runs.labels(image=image, arch=arch).inc()
+        self.srht_running.inc()
+        self.slots_busy.inc()
+
+    def build_ended(self) -> None:
+        self.srht_running.dec()
+        self.slots_busy.dec()
+
+    def api_error(self, endpoint: str) -> None:
+        """Counts a failed internal-API call; an endpoint outside the list counts as
+        ``other`` (a label must stay bounded even if a new call forgets to register)."""
+        self.api_errors.labels(endpoint=endpoint if endpoint in API_ENDPOINTS else "other").inc()
 
     def serve(
         self,

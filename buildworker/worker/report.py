@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -60,18 +61,36 @@ class TerminalReporter:
 
 
 class ApiReporter:
-    """Reports one attempt of one job through the internal API (retrying per call)."""
+    """Reports one attempt of one job through the internal API (retrying per call).
 
-    def __init__(self, api: InternalApi, job_id: int, attempt: int) -> None:
+    ``on_log_bytes`` and ``on_artifact_bytes`` are told the bytes the API accepted (metrics).
+    """
+
+    def __init__(
+        self,
+        api: InternalApi,
+        job_id: int,
+        attempt: int,
+        *,
+        on_log_bytes: Callable[[int], None] | None = None,
+        on_artifact_bytes: Callable[[int], None] | None = None,
+    ) -> None:
         self._api = api
         self._job_id = job_id
         self._attempt = attempt
+        self._on_log_bytes = on_log_bytes
+        self._on_artifact_bytes = on_artifact_bytes
 
     def send_chunk(self, log: str, offset: int, data: bytes) -> None:
         self._api.append_log(self._job_id, self._attempt, log, offset, data)
+        if self._on_log_bytes is not None:
+            self._on_log_bytes(len(data))
 
     def task_status(self, name: str, status: str) -> None:
         self._api.task_status(self._job_id, self._attempt, name, status)
 
     def upload_artifact(self, guest_path: str, source: IO[bytes], size: int) -> str:
-        return self._api.upload_artifact(self._job_id, self._attempt, guest_path, source, size)
+        url = self._api.upload_artifact(self._job_id, self._attempt, guest_path, source, size)
+        if self._on_artifact_bytes is not None:
+            self._on_artifact_bytes(size)
+        return url

@@ -8,6 +8,7 @@ and reports the returned :class:`BuildResult` (``finish``) after the VM is gone,
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import structlog
 
 from buildworker.worker import pipeline
+from buildworker.worker.apiclient import ApiError
 from buildworker.worker.context import BuildContext, BuildResult, CancelToken, JobSpec, Reporter
 from buildworker.worker.errors import (
     BootError,
@@ -79,11 +81,23 @@ class BuildRunner:
         self._log_needles = log_needles
 
     def run(
-        self, spec: JobSpec, reporter: Reporter, cancel: CancelToken | None = None
+        self,
+        spec: JobSpec,
+        reporter: Reporter,
+        cancel: CancelToken | None = None,
+        *,
+        log: Any = None,
     ) -> BuildResult:
-        """Run one build; never raises for anything the build or the VM did."""
+        """Run one build; never raises for anything the build or the VM did.
+
+        ``log``: the logger to use (the daemon's, bound to the job); by default one bound
+        to the job id, attempt and image, which every event of a build carries.
+        """
         cancel = cancel or CancelToken()
-        log = structlog.get_logger().bind(job_id=spec.job_id, attempt=spec.attempt)
+        if log is None:
+            log = structlog.get_logger().bind(
+                job_id=spec.job_id, attempt=spec.attempt, image=spec.manifest.image
+            )
         needles = NeedleSet()
         added: list[bytes] = []
         for secret in spec.secrets:
@@ -128,13 +142,15 @@ class BuildRunner:
         conn: GuestSession | None = None
         ctx: BuildContext | None = None
         result: BuildResult
-        boot_s: float | None = None
+        times: _BootTimes | None = None
+        infra_reason: str | None = None
         try:
             try:
                 image = self._catalogue.resolve(spec.manifest.image, spec.manifest.arch)
             except Exception as exc:
                 raise SetupError(str(exc)) from exc
-            guest, conn, boot_s = self._boot(spec, image, cancel, deadline, say, log)
+            guest, conn, times = self._boot(spec, image, cancel, deadline, say, log)
+            ready_at = time.monotonic()
             ctx = BuildContext(
                 spec=spec,
                 image=image,
@@ -162,20 +178,29 @@ class BuildRunner:
                 result = BuildResult(reason, f"build {reason}")
             else:
                 say(f"Error: {exc}")
+                infra_reason = _infra_reason(exc)
                 result = BuildResult(
                     "failed", str(exc), infrastructure=True, setup_error=isinstance(exc, BootError)
                 )
         except Exception as exc:  # a bug of ours: report it as such, never crash the slot
             log.exception("build_crashed")
+            infra_reason = "other"
             say(f"Error: internal error in the worker: {type(exc).__name__}: {exc}")
             result = BuildResult("failed", f"internal error: {exc}", infrastructure=True)
         finally:
             timer.cancel()
             self._teardown(guest, conn, log)
+        setup_s: float | None = None
+        timings: tuple[tuple[str, float], ...] = ()
         if ctx is not None:
             self._settle_task_statuses(ctx, result)
             statuses = dict(ctx.task_statuses)
             first = ctx.first_task_byte_at
+            timings = tuple(ctx.task_timings)
+            if ctx.first_task_started_at is not None:
+                setup_s = ctx.first_task_started_at - ready_at
+            elif result.status == "success":  # a manifest with no tasks: setup was all of it
+                setup_s = time.monotonic() - ready_at
         else:
             statuses, first = {}, None
         say(f"Build {result.status}." if result.status != "success" else "Build complete.")
@@ -189,7 +214,13 @@ class BuildRunner:
         return replace(
             result,
             task_statuses=statuses,
-            boot_s=boot_s,
+            boot_s=None if times is None else times.total_s,
+            vm_boot_s=None if times is None else times.boot_s,
+            settle_s=None if times is None else times.settle_s,
+            boot_retries=0 if times is None else times.retries,
+            setup_s=setup_s,
+            task_timings=timings,
+            infra_reason=infra_reason,
             first_task_byte_s=None if first is None else first - started,
             failed_chunks=logs.failed_chunks,
         )
@@ -202,7 +233,7 @@ class BuildRunner:
         deadline: float,
         say: Callable[[str], None],
         log: structlog.typing.FilteringBoundLogger,
-    ) -> tuple[BootedGuest, GuestSession, float]:
+    ) -> tuple[BootedGuest, GuestSession, _BootTimes]:
         """Boot and settle, on a fresh VM once more if the first fails.
 
         Raises:
@@ -210,13 +241,17 @@ class BuildRunner:
             Cancelled: the build was cancelled or timed out meanwhile.
         """
         last: Exception | None = None
+        stage = "boot"
         for try_no in range(1, self._settings.boot_attempts + 1):
             cancel.raise_if_set()
             t0 = time.monotonic()
             say(f"Booting image {image.name} ({image.arch})")
             guest: BootedGuest | None = None
+            stage = "boot"
             try:
                 guest = self._vms.boot(image, job_id=spec.job_id, attempt=spec.attempt)
+                t1 = time.monotonic()
+                stage = "settle"
                 say("Waiting for guest to settle")
                 budget = min(self._settings.settle_timeout_s, max(0.0, deadline - time.monotonic()))
                 conn = self._wait_ready(guest, budget, cancel, log)
@@ -226,7 +261,7 @@ class BuildRunner:
                 raise
             except Exception as exc:
                 last = exc
-                log.warning("boot_failed", try_no=try_no, error=str(exc))
+                log.warning("boot_failed", try_no=try_no, stage=stage, error=str(exc))
                 say(f"Error: the VM did not boot or settle: {exc}")
                 if guest is not None:
                     self._teardown(guest, None, log)
@@ -234,11 +269,11 @@ class BuildRunner:
                 if try_no < self._settings.boot_attempts:
                     say("Retrying on a fresh VM")
                 continue
-            settle = time.monotonic() - t0
-            say(f"Guest settled in {settle:.1f}s")
-            log.info("guest_ready", domain=guest.domain_name, boot_s=round(settle, 3))
-            return guest, conn, settle
-        raise BootError(f"the VM failed to boot or settle: {last}")
+            t2 = time.monotonic()
+            say(f"Guest settled in {t2 - t0:.1f}s")
+            log.info("guest_ready", domain=guest.domain_name, boot_s=round(t2 - t0, 3))
+            return guest, conn, _BootTimes(t2 - t0, t1 - t0, t2 - t1, try_no - 1)
+        raise BootError(f"the VM failed to boot or settle: {last}", stage=stage)
 
     def _wait_ready(
         self,
@@ -257,7 +292,9 @@ class BuildRunner:
             except BaseException as exc:  # handed over to the caller's thread
                 box["error"] = exc
 
-        waiter = threading.Thread(target=wait, name="settle", daemon=True)
+        # In a copy of this thread's context: the guest layer's events there carry the job.
+        context = contextvars.copy_context()
+        waiter = threading.Thread(target=context.run, args=(wait,), name="settle", daemon=True)
         waiter.start()
         while waiter.is_alive():
             if cancel.event.wait(0.1):
@@ -303,3 +340,23 @@ class BuildRunner:
                     ctx.set_task_status(name, "failed")
                 except Exception as exc:
                     ctx.log.warning("task_status_failed", task=name, error=str(exc))
+
+
+@dataclass(frozen=True)
+class _BootTimes:
+    """How long the VM that answered took: in all, to running, and to its first login."""
+
+    total_s: float
+    boot_s: float
+    settle_s: float
+    #: VMs replaced before this one answered
+    retries: int
+
+
+def _infra_reason(exc: InfraError) -> str:
+    """The bounded ``reason`` label of an infrastructure failure (metrics.INFRA_REASONS)."""
+    if isinstance(exc, BootError):
+        return exc.stage
+    if isinstance(exc, ApiError):
+        return "api"
+    return "ssh"  # the rest of InfraError is the guest connection breaking

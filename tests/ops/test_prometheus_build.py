@@ -1,15 +1,14 @@
-"""A real build scraped by a real Prometheus: the worker's running gauge goes 1 then 0, one
-build-duration observation with its status, a settle sample; the API's request series.
-
-Written against today's worker metric names (buildworker_jobs_running,
-buildworker_build_duration_seconds{result}, buildworker_vm_ssh_ready_seconds); when the
-worker exports the names of docs/operations.md (buildsrht_builds_running,
-buildsrht_build_duration{status}, buildsrht_vm_settle_duration_seconds), change the three
-queries marked NAMES.
+"""A real build scraped by a real Prometheus: builds.sr.ht's running gauge goes 1 then 0,
+one build-duration observation with its status, a settle sample, and ours (queue wait,
+boot, settle, setup, each task); the API's request series. The worker logs JSON lines (its
+stderr is a file, `[log] format` is the default `auto`): every line of the build carries
+the job id and none holds the job's secret.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,21 @@ WORKER_TOKEN = "ops-worker-token"  # ops_config's [api] worker-token
 #: The images root holding debian/bookworm, symlinks resolved (in a worktree the image is a
 #: link to another checkout's, and the catalogue refuses images outside its root).
 IMAGES = (REPO / "images" / "debian" / "bookworm").resolve().parents[1]
+
+
+#: Events of the worker process itself, not of a build (everything else must name the job).
+PROCESS_EVENTS = {
+    "hypervisor.ready",
+    "worker_started",
+    "amqp_connected",
+    "worker_ready",
+    "worker_not_ready",
+    "worker_draining",
+    "worker_stopped",
+    "hypervisor.reaped",
+    "reaped_leftover_vms",
+    "egress.dead_owners_removed",
+}
 
 
 @pytest.fixture
@@ -66,7 +80,6 @@ def test_a_real_build_seen_by_prometheus(
         f"[worker]\nname = ops-{uuid.uuid4().hex[:6]}\napi-url = {url}\ntoken = {WORKER_TOKEN}\n"
         f"images = {IMAGES}\nmetrics-bind = 127.0.0.1:{metrics_port}\n"
         f"[vm]\nssh-key = {REPO / '.state/id_ed25519'}\nwork-dir = {work_dir}\n"
-        "[log]\nformat = json\n"
     )
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(
@@ -81,10 +94,27 @@ def test_a_real_build_seen_by_prometheus(
     try:
         with Prometheus(tmp_path / "prom", targets) as prom:
             prom.wait_for_targets_up(timeout=120)
+            secret = f"ops-secret-{uuid.uuid4().hex}"
+            response = httpx.post(
+                f"{url}/api/secrets",
+                json={
+                    "name": "opstoken",
+                    "type": "plaintext_file",
+                    "data_b64": base64.b64encode(secret.encode()).decode(),
+                    "path": "~/.config/opstoken",
+                    "mode": "600",
+                },
+                headers=headers,
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
             started = time.time()
+            manifest = MANIFEST.replace("tasks:", "secrets: [opstoken]\ntasks:")
             response = httpx.post(
                 f"{url}/api/jobs",
-                json={"manifest": MANIFEST + "  - wait: sleep 3\n"},
+                json={
+                    "manifest": manifest + "  - show: cat ~/.config/opstoken\n  - wait: sleep 3\n"
+                },
                 headers=headers,
                 timeout=30,
             )
@@ -97,19 +127,24 @@ def test_a_real_build_seen_by_prometheus(
 
             wait_for(lambda: status() in ("success", "failed", "timeout", "cancelled"), 600, "end")
             assert status() == "success", log.read_text()[-3000:]
-            # NAMES: one build-duration observation, with the job's status as label
-            prom.wait_for(
-                'buildworker_build_duration_seconds_count{result="success"}', lambda v: v == [1.0]
-            )
-            # NAMES: the settle histogram has a sample for the image (today's daemon labels
-            # arch with the manifest's value, "default" here; next round: the resolved arch)
-            assert prom.values(
-                'buildworker_vm_ssh_ready_seconds_count{image="debian/bookworm"}'
-            ) == [1.0]
-            # NAMES: the running gauge was 1 during the build, and is 0 now
-            prom.wait_for("buildworker_jobs_running", lambda v: v == [0.0])
+            # One build-duration observation (builds.sr.ht's name), with the job's status
+            prom.wait_for('buildsrht_build_duration_count{status="success"}', lambda v: v == [1.0])
+            image = 'image="debian/bookworm",arch="amd64"'  # the resolved arch
+            # The settle histogram has a sample, and so has each of our phases
+            assert prom.values(f"buildsrht_vm_settle_duration_seconds_count{{{image}}}") == [1.0]
+            assert prom.values(f"buildsrht_image_runs_total{{{image}}}") == [1.0]
+            for phase in ("job_queue_wait", "vm_boot", "vm_settle", "job_setup"):
+                assert prom.values(f"buildworker_{phase}_seconds_count{{{image}}}") == [1.0], phase
+            # three tasks, each timed under its status (never its name)
+            tasks = f'buildworker_task_duration_seconds_count{{{image},status="success"}}'
+            assert prom.values(tasks) == [3.0]
+            assert prom.values('buildworker_jobs_finished_total{status="success"}') == [1.0]
+            assert prom.values("buildworker_log_bytes_total")[0] > 0
+            assert prom.values("buildworker_worker_ready") == [1.0]
+            # The running gauge was 1 during the build, and is 0 now
+            prom.wait_for("buildsrht_builds_running", lambda v: v == [0.0])
             # (the range's 1 s steps may all fall before the scrape that saw 0: end one step on)
-            series = prom.query_range("buildworker_jobs_running", started - 5, time.time() + 1)
+            series = prom.query_range("buildsrht_builds_running", started - 5, time.time() + 1)
             values = [v for _, v in series[0]["values"]]
             assert 1.0 in values and values[-1] == 0.0, values
             first_one = values.index(1.0)
@@ -128,3 +163,16 @@ def test_a_real_build_seen_by_prometheus(
                 assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout
     finally:
         stop(worker, timeout=120)
+    # Every line the worker wrote is a JSON object; every line of the build names the job,
+    # its attempt and image; the secret is in none of them.
+    lines = log.read_text().splitlines()
+    events = [json.loads(line) for line in lines]  # raises on a line that is not JSON
+    assert all(secret not in line for line in lines)
+    build = [e for e in events if e.get("event") not in PROCESS_EVENTS]
+    assert build, "no event of the build was logged"
+    for event in build:
+        assert event.get("job_id") == job_id, event
+        assert event.get("attempt") == 1 and event.get("image") == "debian/bookworm", event
+    assert {"build_finished", "guest_ready"} <= {e["event"] for e in build}
+    finished = next(e for e in build if e["event"] == "build_finished")
+    assert finished["attempt"] == 1 and finished["image"] == "debian/bookworm", finished

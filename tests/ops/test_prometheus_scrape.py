@@ -40,7 +40,7 @@ def test_prometheus_scrapes_request_durations_for_api_jobs_and_the_worker(
 ) -> None:
     url, headers = api
     worker = WorkerMetrics()
-    worker.slots.set(2)
+    worker.set_slots(2)
     server = worker.serve(f"127.0.0.1:{free_port()}")
     targets = {
         "buildworker-api": [url.removeprefix("http://")],
@@ -81,7 +81,8 @@ def test_prometheus_scrapes_request_durations_for_api_jobs_and_the_worker(
             prom.wait_for("buildworker_outbox_backlog", lambda v: v == [0.0])
             assert prom.values("buildsrht_builds_submitted_total") == [3.0]
             # And the worker's scrape, with the instance label telling processes apart
-            assert prom.values('buildworker_capacity_slots{job="buildworker-worker"}') == [2.0]
+            assert prom.values('buildworker_slots{job="buildworker-worker"}') == [2.0]
+            assert prom.values('buildsrht_build_workers{job="buildworker-worker"}') == [2.0]
             up = {s["metric"]["instance"]: s["value"][1] for s in prom.query("up")}
             assert set(up.values()) == {"1"} and len(up) == 2
     finally:

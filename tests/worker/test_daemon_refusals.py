@@ -109,7 +109,7 @@ def test_a_delivery_for_an_already_claimed_attempt_is_dead_lettered_with_the_rea
     # And /metrics counts it
     text = metrics_text.decode()
     assert 'buildworker_amqp_deliveries_total{outcome="dead"} 1.0' in text, text
-    assert "buildworker_capacity_slots 1.0" in text
+    assert "buildworker_slots 1.0" in text and "buildsrht_build_workers 1.0" in text
     assert vms.calls == 0
     assert code == EXIT_OK
     # And the job is still the other worker's
