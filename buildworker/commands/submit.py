@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +41,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 TERMINAL = frozenset({"success", "failed", "timeout", "cancelled"})
+#: The command a failed build's standby notice offers (buildworker.ssh.texts.standby_notice).
+_CONNECT = re.compile(rb"^\t(ssh -t [^\n]* connect \d+)$", re.M)
 #: Consecutive failed polls tolerated while following (the API may be restarting).
 MAX_POLL_FAILURES = 30
 
@@ -151,10 +154,12 @@ def _run(args: argparse.Namespace, out: BinaryIO, err: Any) -> int:
         if not args.follow:
             return EXIT_OK
         sanitize = not args.raw and _is_terminal(out)
-        status = Follower(
-            client, job_url, out, interval_s=args.interval, sanitize=sanitize
-        ).follow()
+        follower = Follower(client, job_url, out, interval_s=args.interval, sanitize=sanitize)
+        status = follower.follow()
     print(f"job {job_id}: {status}", file=err, flush=True)
+    if follower.connect_command and status == "failed":
+        # The standby's notice scrolled by with the setup log: the one line to act on, last.
+        print(f"To examine the failed build: {follower.connect_command}", file=err, flush=True)
     return EXIT_OK if status == "success" else EXIT_FAILURE
 
 
@@ -184,6 +189,8 @@ class Follower:
     sanitize: bool = False
     #: log URL → its filter (a sequence may be split across two reads of one log)
     filters: dict[str, TerminalFilter] = field(default_factory=dict)
+    #: ``ssh -t builds@HOST connect N``, when the setup log offered one (failure standby)
+    connect_command: str | None = None
 
     def follow(self) -> str:
         failures = 0
@@ -226,6 +233,10 @@ class Follower:
         if not data:
             return
         self.offsets[log_url] = offset + len(data)
+        if title == "setup":
+            found = _CONNECT.search(data)
+            if found:
+                self.connect_command = found.group(1).decode()
         shown = self._filter(log_url).feed(data) if self.sanitize else data
         if not shown:
             return  # e.g. only a title sequence: no header for nothing

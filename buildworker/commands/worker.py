@@ -9,14 +9,17 @@ ticks and the consumer runs, ``STOPPING=1`` when SIGTERM starts the drain.
 from __future__ import annotations
 
 import argparse
+import pwd
 import sys
 
 import structlog
 
-from buildworker.config import load_config
+from buildworker.config import Config, load_config
 from buildworker.log import configure_logging
 from buildworker.sdnotify import Notifier, NotifyError, WatchdogPinger
 from buildworker.worker.apiclient import InternalApi
+from buildworker.worker.control import ControlServer
+from buildworker.worker.control_access import ApiAuthorizer
 from buildworker.worker.daemon import Daemon
 from buildworker.worker.health import readiness
 from buildworker.worker.redact import NeedleSet, structlog_masker
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     vms = Hypervisor(config.vm, worker_name=config.worker.name)
     reaped = vms.reap_leftovers()
     api = InternalApi(config.worker.api_url, config.worker.token)
-    daemon = Daemon(config, catalogue, vms, api, log_needles=log_needles)
+    control = _control_server(config)
+    daemon = Daemon(config, catalogue, vms, api, log_needles=log_needles, control=control)
     if reaped:
         structlog.get_logger().warning("reaped_leftover_vms", domains=reaped)
     daemon.install_signal_handlers()
@@ -79,6 +83,31 @@ def run(args: argparse.Namespace) -> int:
         pinger.stop()
         if server is not None:
             server.close()
+        if control is not None:
+            control.close()  # open sessions are told the worker is shutting down
         api.close()
         vms.close()  # withdraws this worker's forwards and allowed networks
         notifier.close()
+
+
+def _control_server(config: Config) -> ControlServer | None:
+    """The control socket SSH users reach builds through (docs/ssh.md), when this host
+    has the SSH account (`buildworker ssh install`); without it, builds run unreachable."""
+    log = structlog.get_logger()
+    try:
+        account = pwd.getpwnam(config.ssh.user)
+    except KeyError:
+        log.info("ssh_access_off", reason=f"no user {config.ssh.user!r} on this host")
+        return None
+    server = ControlServer(
+        config.worker.control_socket,
+        ApiAuthorizer(config.worker.api_url, config.worker.token),
+        worker_name=config.worker.name,
+        allowed_uids=frozenset({0, account.pw_uid}),
+        group=account.pw_gid,
+    )
+    try:
+        return server.start()
+    except OSError as exc:  # a directory we may not write: say so, keep building
+        log.warning("ssh_access_off", reason=f"{config.worker.control_socket}: {exc}")
+        return None

@@ -6,7 +6,7 @@ import base64
 import shlex
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -104,6 +104,10 @@ class BuildResult:
     infra_reason: str | None = None
     #: fresh-VM retries after a failed boot or settle
     boot_retries: int = 0
+    #: the VM was kept for SSH sessions after the tasks (standby or ``shell: true``)
+    held: bool = False
+    #: the status was reported to the API already (a standby reports before its window)
+    reported: bool = False
 
 
 class Reporter(ChunkSink, Protocol):
@@ -156,6 +160,8 @@ class BuildContext:
     task_timings: list[tuple[str, float]] = field(default_factory=list)
     max_artifact_bytes: int = 1024**3
     log: Any = field(default_factory=lambda: structlog.get_logger())
+    #: called once when the first task starts (SSH `connect` stops showing the setup log)
+    on_first_task: Callable[[], None] | None = None
     _task_started: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
@@ -211,6 +217,8 @@ class BuildContext:
             self._task_started[name] = now
             if self.first_task_started_at is None:
                 self.first_task_started_at = now
+                if self.on_first_task is not None:
+                    self.on_first_task()
         elif name in self._task_started:
             self.task_timings.append((status, now - self._task_started.pop(name)))
         self.task_statuses[name] = status

@@ -28,15 +28,18 @@ import structlog
 
 from buildworker.config import Config
 from buildworker.manifest import ManifestError, parse_manifest
+from buildworker.ssh.texts import connect_command
 from buildworker.worker.apiclient import ApiError, Conflict, InternalApi, NotFound, Unauthorized
 from buildworker.worker.consumer import Consumer, Delivery
 from buildworker.worker.context import BuildResult, CancelToken, JobSpec, SecretMaterial
+from buildworker.worker.control import ControlServer
+from buildworker.worker.hold import SessionHolder
 from buildworker.worker.interfaces import Catalogue, VmHost
 from buildworker.worker.logs import SETUP_LOG
 from buildworker.worker.metrics import WorkerMetrics
 from buildworker.worker.redact import NeedleSet
 from buildworker.worker.report import ApiReporter
-from buildworker.worker.runner import BuildRunner, RunnerSettings
+from buildworker.worker.runner import BuildRunner, RunnerSettings, SshAccess
 
 __all__ = ["EXIT_KILLED", "EXIT_OK", "Daemon", "routes_of"]
 
@@ -61,6 +64,11 @@ class _Running:
     cancel: CancelToken
     thread: threading.Thread
     started: float = field(default_factory=time.monotonic)
+    #: SSH sessions into the build (None: this worker serves no SSH access)
+    holder: SessionHolder | None = None
+    #: set once the job's status was sent (a standby reports before keeping the VM): the
+    #: heartbeat stops, and its 409 from then on is expected, not a lost lease
+    reported: threading.Event = field(default_factory=threading.Event)
 
 
 class Daemon:
@@ -83,6 +91,7 @@ class Daemon:
         metrics: WorkerMetrics | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         log_needles: NeedleSet | None = None,
+        control: ControlServer | None = None,
     ) -> None:
         self._config = config
         self._catalogue = catalogue
@@ -92,6 +101,8 @@ class Daemon:
         self._heartbeat_s = heartbeat_s
         self.metrics = metrics or WorkerMetrics()
         api.on_error = self.metrics.api_error
+        self._control = control
+        self.metrics.slots_standby.set_function(self._holding)
         self._runner = BuildRunner(
             catalogue,
             vms,
@@ -102,6 +113,8 @@ class Daemon:
                 max_task_log_bytes=config.worker.max_task_log_size,
                 setup_log_reserve_bytes=config.worker.setup_log_reserve,
                 max_artifact_bytes=config.api.max_artifact_size,
+                standby_s=config.worker.standby,
+                shell_idle_s=config.worker.shell_idle,
             ),
             log_needles=log_needles,
         )
@@ -304,13 +317,16 @@ class Daemon:
             target=self._heartbeat, args=(running, log), name=f"heartbeat-{job_id}", daemon=True
         )
         heartbeat.start()
-        reporter = ApiReporter(
+        reporter: Any = ApiReporter(
             self._api,
             job_id,
             attempt,
             on_log_bytes=self.metrics.log_bytes.inc,
             on_artifact_bytes=self.metrics.artifact_bytes.inc,
         )
+        access = self._ssh_access(running, claim, log)
+        if access is not None:
+            reporter = access.handle.tee(reporter)  # feeds `tail` and `connect`
         try:
             try:
                 spec = self._spec_from_claim(job_id, attempt, claim)
@@ -319,30 +335,94 @@ class Daemon:
                 self._api.append_log(job_id, attempt, SETUP_LOG, 0, f"Error: {exc}\n".encode())
                 self._api.finish(job_id, attempt, "failed", str(exc), False)
                 return
-            result = self._runner.run(spec, reporter, cancel, log=log)
+            result = self._runner.run(spec, reporter, cancel, log=log, access=access)
             self._record(result, image, arch)
-            if cancel.reason in RELEASE_REASONS:
+            if result.reported:  # a standby: finished before its window
+                self._count_finished(result, running)
+                return
+            if cancel.reason in RELEASE_REASONS and not result.held:
                 log.info("job_released", reason=cancel.reason)
                 self._api.release(job_id, attempt, "worker draining")
                 return
             if cancel.reason == "lease-lost":
                 log.warning("job_abandoned", reason="the lease was lost")
                 return
-            self._api.finish(job_id, attempt, result.status, result.reason, result.infrastructure)
-            self.metrics.finished.labels(status=result.status).inc()
-            self.metrics.srht_duration.labels(status=result.status).observe(
-                time.monotonic() - running.started
-            )
-            with self._lock:
-                self.jobs_done += 1
+            self._finish(running, result)
         except ApiError as exc:
             log.error("report_failed", error=str(exc))
         finally:
+            if access is not None:
+                access.handle.end("stopped")  # idempotent: the runner ended it normally
             cancel.event.set()  # also stops the heartbeat loop
             heartbeat.join()
             self.metrics.build_ended()
             with self._lock:
                 self._running.pop(job_id, None)
+
+    def _finish(self, running: _Running, result: BuildResult) -> None:
+        """Send the job's final status (the heartbeat stops first: a 409 after this is
+        the finished job's, not a lost lease)."""
+        running.reported.set()
+        self._api.finish(
+            running.job_id, running.attempt, result.status, result.reason, result.infrastructure
+        )
+        self._count_finished(result, running)
+
+    def _count_finished(self, result: BuildResult, running: _Running) -> None:
+        self.metrics.finished.labels(status=result.status).inc()
+        self.metrics.srht_duration.labels(status=result.status).observe(
+            time.monotonic() - running.started
+        )
+        with self._lock:
+            self.jobs_done += 1
+
+    def _ssh_access(self, running: _Running, claim: dict[str, Any], log: Any) -> SshAccess | None:
+        """Register the build with the control server (SSH `connect` and `tail`)."""
+        if self._control is None:
+            return None
+        timeout = claim.get("timeout_seconds")
+        timeout_s = float(timeout) if timeout else self._config.worker.timeout
+        holder = SessionHolder(time.time() + timeout_s, running.cancel)
+        try:
+            handle = self._control.register(
+                running.job_id,
+                deadline=holder.deadline,
+                on_session_start=holder.session_started,
+                on_session_end=holder.session_ended,
+            )
+        except ValueError as exc:  # the same job twice on this host: SSH goes to the first
+            log.warning("ssh_register_failed", error=str(exc))
+            return None
+        running.holder = holder
+
+        def report_early(result: BuildResult) -> None:
+            try:
+                self._finish(running, result)
+            except ApiError as exc:
+                log.error("report_failed", error=str(exc))
+
+        return SshAccess(
+            handle, holder, self.connect_command(running.job_id), report_early=report_early
+        )
+
+    def connect_command(self, job_id: int) -> str:
+        """``ssh -t builds@HOST connect N`` for this host (``[worker] ssh-host``, else the
+        worker's name and the first ``[ssh] listen`` port)."""
+        host = self._config.worker.ssh_host
+        if host:
+            name, sep, port = host.rpartition(":")
+            if sep and port.isdigit():
+                return connect_command(self._config.ssh.user, name, int(port), job_id)
+            return connect_command(self._config.ssh.user, host, 22, job_id)
+        listen = self._config.ssh.listen
+        listen_port = int(listen[0].rpartition(":")[2]) if listen else 22
+        return connect_command(self._config.ssh.user, self._name, listen_port, job_id)
+
+    def _holding(self) -> int:
+        """Slots held by a standby or a ``shell: true`` VM waiting for sessions."""
+        with self._lock:
+            running = list(self._running.values())
+        return sum(1 for r in running if r.holder is not None and r.holder.holding)
 
     def _labels(self, claim: dict[str, Any]) -> tuple[str, str]:
         """The (image, arch) metric labels of a claim: the image the catalogue resolves it
@@ -390,11 +470,15 @@ class Daemon:
     def _heartbeat(self, running: _Running, log: Any) -> None:
         """Renew the lease until the build ends; turn a cancel into a stop of the build."""
         while not running.cancel.event.wait(self._heartbeat_s):
+            if running.reported.is_set():
+                return
             try:
                 cancelled = self._api.heartbeat(
                     running.job_id, running.attempt, budget_s=self._config.api.lease / 2
                 )
             except Conflict:
+                if running.reported.is_set():
+                    return  # the job finished while this beat was in flight
                 log.warning("lease_lost")
                 running.cancel.cancel("lease-lost")
                 return

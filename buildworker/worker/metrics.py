@@ -100,6 +100,11 @@ class WorkerMetrics:
         )
         self.slots = Gauge("buildworker_slots", "Build slots of this worker", registry=r)
         self.slots_busy = Gauge("buildworker_slots_busy", "Slots running a build", registry=r)
+        self.slots_standby = Gauge(
+            "buildworker_slots_standby",
+            "Busy slots whose VM waits for SSH sessions (failure standby, shell: true)",
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "buildworker_job_queue_wait_seconds",
             "Enqueue (outbox row) to claim",

@@ -17,9 +17,11 @@ from typing import Any
 
 import structlog
 
+from buildworker.ssh import texts
 from buildworker.worker import pipeline
 from buildworker.worker.apiclient import ApiError
 from buildworker.worker.context import BuildContext, BuildResult, CancelToken, JobSpec, Reporter
+from buildworker.worker.control import JobHandle
 from buildworker.worker.errors import (
     BootError,
     BuildFailed,
@@ -27,6 +29,7 @@ from buildworker.worker.errors import (
     InfraError,
     SetupError,
 )
+from buildworker.worker.hold import HoldEnd, SessionHolder
 from buildworker.worker.interfaces import BootedGuest, Catalogue, GuestSession, Image, VmHost
 from buildworker.worker.logs import SETUP_LOG, LogStreamer, setup_line
 from buildworker.worker.redact import NeedleSet
@@ -54,6 +57,23 @@ class RunnerSettings:
     max_artifact_bytes: int = 1024**3
     #: Boot attempts for one build: a VM that fails to boot or settle is replaced once.
     boot_attempts: int = 2
+    #: how long a failed build's VM waits for an SSH login (0: no standby)
+    standby_s: float = 600.0
+    #: how long a ``shell: true`` build's VM waits for a first SSH login
+    shell_idle_s: float = 600.0
+
+
+@dataclass
+class SshAccess:
+    """A build reachable over SSH (`buildworker.worker.control`): its registry handle, the
+    holder counting its sessions, and the command users connect with."""
+
+    handle: JobHandle
+    holder: SessionHolder
+    connect_command: str
+    #: told the result as soon as a failed build goes into standby (the API hears of the
+    #: failure at once; triggers fire on time), before the VM is kept for the window
+    report_early: Callable[[BuildResult], None] | None = None
 
 
 class BuildRunner:
@@ -87,6 +107,7 @@ class BuildRunner:
         cancel: CancelToken | None = None,
         *,
         log: Any = None,
+        access: SshAccess | None = None,
     ) -> BuildResult:
         """Run one build; never raises for anything the build or the VM did.
 
@@ -105,7 +126,7 @@ class BuildRunner:
             if self._log_needles is not None:
                 added += self._log_needles.add(secret.data, secret.name or secret.uuid)
         try:
-            return self._run(spec, reporter, cancel, needles, log)
+            return self._run(spec, reporter, cancel, needles, log, access)
         finally:
             if self._log_needles is not None:
                 self._log_needles.discard(added)
@@ -117,6 +138,7 @@ class BuildRunner:
         cancel: CancelToken,
         needles: NeedleSet,
         log: structlog.typing.FilteringBoundLogger,
+        access: SshAccess | None = None,
     ) -> BuildResult:
         logs = LogStreamer(
             reporter,
@@ -144,51 +166,69 @@ class BuildRunner:
         result: BuildResult
         times: _BootTimes | None = None
         infra_reason: str | None = None
+        held = False
+        end_message: str | None = None
         try:
             try:
-                image = self._catalogue.resolve(spec.manifest.image, spec.manifest.arch)
-            except Exception as exc:
-                raise SetupError(str(exc)) from exc
-            guest, conn, times = self._boot(spec, image, cancel, deadline, say, log)
-            ready_at = time.monotonic()
-            ctx = BuildContext(
-                spec=spec,
-                image=image,
-                conn=conn,
-                logs=logs,
-                reporter=reporter,
-                cancel=cancel,
-                deadline=deadline,
-                max_artifact_bytes=self._settings.max_artifact_bytes,
-                log=log,
-            )
-            pipeline.run_steps(ctx)
-            result = BuildResult("success")
-        except SetupError as exc:
-            say(f"Error: {exc}")
-            result = BuildResult("failed", str(exc), setup_error=True)
-        except BuildFailed as exc:
-            result = BuildResult("failed", str(exc))
-        except Cancelled as exc:
-            say(_STOP_LINES.get(exc.reason, f"Build stopped ({exc.reason})."))
-            result = BuildResult(exc.reason, str(exc))
-        except InfraError as exc:
-            reason = cancel.reason
-            if reason is not None:  # the guest went away because we stopped it
-                result = BuildResult(reason, f"build {reason}")
-            else:
-                say(f"Error: {exc}")
-                infra_reason = _infra_reason(exc)
-                result = BuildResult(
-                    "failed", str(exc), infrastructure=True, setup_error=isinstance(exc, BootError)
+                try:
+                    image = self._catalogue.resolve(spec.manifest.image, spec.manifest.arch)
+                except Exception as exc:
+                    raise SetupError(str(exc)) from exc
+                guest, conn, times = self._boot(spec, image, cancel, deadline, say, log)
+                ready_at = time.monotonic()
+                if access is not None:
+                    access.handle.attach_guest(conn)  # type: ignore[arg-type]
+                ctx = BuildContext(
+                    spec=spec,
+                    image=image,
+                    conn=conn,
+                    logs=logs,
+                    reporter=reporter,
+                    cancel=cancel,
+                    deadline=deadline,
+                    max_artifact_bytes=self._settings.max_artifact_bytes,
+                    log=log,
+                    on_first_task=None if access is None else access.handle.finish_setup,
                 )
-        except Exception as exc:  # a bug of ours: report it as such, never crash the slot
-            log.exception("build_crashed")
-            infra_reason = "other"
-            say(f"Error: internal error in the worker: {type(exc).__name__}: {exc}")
-            result = BuildResult("failed", f"internal error: {exc}", infrastructure=True)
+                pipeline.run_steps(ctx)
+                result = BuildResult("success")
+            except SetupError as exc:
+                say(f"Error: {exc}")
+                result = BuildResult("failed", str(exc), setup_error=True)
+            except BuildFailed as exc:
+                result = BuildResult("failed", str(exc))
+            except Cancelled as exc:
+                say(_STOP_LINES.get(exc.reason, f"Build stopped ({exc.reason})."))
+                result = BuildResult(exc.reason, str(exc))
+            except InfraError as exc:
+                reason = cancel.reason
+                if reason is not None:  # the guest went away because we stopped it
+                    result = BuildResult(reason, f"build {reason}")
+                else:
+                    say(f"Error: {exc}")
+                    infra_reason = _infra_reason(exc)
+                    result = BuildResult(
+                        "failed",
+                        str(exc),
+                        infrastructure=True,
+                        setup_error=isinstance(exc, BootError),
+                    )
+            except Exception as exc:  # a bug of ours: report it as such, never crash the slot
+                log.exception("build_crashed")
+                infra_reason = "other"
+                say(f"Error: internal error in the worker: {type(exc).__name__}: {exc}")
+                result = BuildResult("failed", f"internal error: {exc}", infrastructure=True)
+            if access is not None and ctx is not None and self._may_hold(spec, result):
+                held = True
+                try:
+                    result, end_message = self._hold(spec, result, access, logs, say, log)
+                except Exception:  # a bug of ours in the hold: the build's result stands
+                    log.exception("hold_crashed")
         finally:
             timer.cancel()
+            if access is not None:
+                # Sessions see why they end, tails see the end, before the VM goes.
+                access.handle.end(result.status if held else "stopped", end_message)
             self._teardown(guest, conn, log)
         setup_s: float | None = None
         timings: tuple[tuple[str, float], ...] = ()
@@ -203,7 +243,8 @@ class BuildRunner:
                 setup_s = time.monotonic() - ready_at
         else:
             statuses, first = {}, None
-        say(f"Build {result.status}." if result.status != "success" else "Build complete.")
+        if not result.reported:  # a standby's log already said it, before the window
+            say(f"Build {result.status}." if result.status != "success" else "Build complete.")
         logs.close()
         log.info(
             "build_finished",
@@ -221,9 +262,76 @@ class BuildRunner:
             setup_s=setup_s,
             task_timings=timings,
             infra_reason=infra_reason,
+            held=held,
             first_task_byte_s=None if first is None else first - started,
             failed_chunks=logs.failed_chunks,
         )
+
+    def _may_hold(self, spec: JobSpec, result: BuildResult) -> bool:
+        """``shell: true`` holds after the tasks whatever they did; a standby follows a
+        build that failed because of what it ran (not our infrastructure, not a bad
+        manifest), when ``[worker] standby`` is not 0."""
+        if result.status not in ("success", "failed") or result.infrastructure:
+            return False
+        if result.setup_error:
+            return False
+        if spec.manifest.shell:
+            return True
+        return result.status == "failed" and self._settings.standby_s > 0
+
+    def _hold(
+        self,
+        spec: JobSpec,
+        result: BuildResult,
+        access: SshAccess,
+        logs: LogStreamer,
+        say: Callable[[str], None],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> tuple[BuildResult, str | None]:
+        """Keep the VM for SSH sessions (failure standby or ``shell: true``); returns the
+        build's result and what to tell open sessions when it ends."""
+        holder = access.holder
+        if spec.manifest.shell:
+            window = self._settings.shell_idle_s
+            say(f"Build environment ready (shell: true). Connect with: {access.connect_command}")
+            say(
+                f"It will be terminated {max(1, round(window / 60))} min after the tasks unless "
+                "someone logs in, or when the last session logs out."
+            )
+        else:
+            window = min(self._settings.standby_s, max(0.0, holder.deadline() - time.time()))
+            logs.open(SETUP_LOG).write(
+                texts.standby_notice(window, access.connect_command).encode()
+            )
+            logs.flush(release=False)
+            result = replace(result, reported=True)
+            if access.report_early is not None:
+                access.report_early(result)
+        log.info(
+            "hold_started", mode="shell" if spec.manifest.shell else "standby", window_s=window
+        )
+        end = holder.hold(window)
+        log.info("hold_ended", end=str(end), reason=holder.cancel_reason)
+        if end is HoldEnd.CANCELLED:
+            reason = holder.cancel_reason
+            if reason == "timeout":
+                message = texts.DEADLINE_ELAPSED
+            elif reason == "cancelled":
+                message = texts.BUILD_CANCELLED
+                if not result.reported:
+                    result = replace(result, status="cancelled", reason="build cancelled")
+            else:
+                message = "The build worker is shutting down. Terminating build environment."
+            say(message)
+            return result, message
+        if end is HoldEnd.DEADLINE:
+            say(texts.DEADLINE_ELAPSED)
+            return result, texts.DEADLINE_ELAPSED
+        if end is HoldEnd.WINDOW:
+            say("Nobody logged in: terminating build environment.")
+        else:
+            say("The last session logged out: terminating build environment.")
+        return result, None
 
     def _boot(
         self,
