@@ -37,6 +37,7 @@ def _statuses(kind: type[_S], expect: str | Collection[str]) -> list[_S]:
 
 
 def _rowcount(result: Any) -> int:
+    # An UPDATE's result is a CursorResult, but Session.execute is typed as the generic Result.
     count: int = getattr(result, "rowcount", 0)
     return count
 
