@@ -28,6 +28,7 @@ from buildworker.api.access import can_read
 from buildworker.api.deps import SessionDep, optional_user_or_session
 from buildworker.api.errors import ApiError
 from buildworker.db.models import Artifact, Job, Task, User
+from buildworker.jobstate import JobStatus
 from buildworker.store import InvalidName, Store, read_range
 
 __all__ = ["ByteRange", "RangeNotSatisfiable", "parse_range", "router"]
@@ -121,7 +122,7 @@ def _log_response(
         ).first()
         if found is None:
             raise ApiError.not_found()
-    if job.runner is None and job.status != "running":
+    if job.runner is None and job.status != JobStatus.RUNNING:
         raise ApiError.reason("This build job has not been started yet", 404)
     store = Store(request.app.state.store)
     try:
@@ -129,13 +130,15 @@ def _log_response(
     except InvalidName:
         raise ApiError.not_found() from None
     size = store.log_size(job.id, task)
+    # The log of a job not yet ended may still grow: no cached copy may stand in for it.
+    growing = job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
     # Logs are text, but a build may print anything: say UTF-8 and let clients cope.
     return _serve(
         request,
         path if size else None,
         size or 0,
         "text/plain; charset=utf-8",
-        {"Cache-Control": "no-store" if job.status in ("queued", "running") else "no-cache"},
+        {"Cache-Control": "no-store" if growing else "no-cache"},
     )
 
 

@@ -22,6 +22,7 @@ from buildworker.api.pagination import MAX_ID
 from buildworker.api.public import MAX_NOTE
 from buildworker.api.serialize import format_time
 from buildworker.db.models import Job, JobGroup, User
+from buildworker.jobstate import JobStatus
 
 __all__ = ["group_dict", "router", "validate_triggers"]
 
@@ -168,7 +169,7 @@ def create_group(user: WriteUser, body: Body, session: SessionDep) -> dict[str, 
             select(Job).where(
                 Job.id.in_(valid_ids),
                 Job.owner_id == user.id,
-                Job.status == "pending",
+                Job.status == JobStatus.PENDING,
                 Job.group_id.is_(None),
             )
         )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import hmac
 import posixpath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
@@ -42,6 +42,14 @@ from buildworker.api.public import artifact_url, resolve_secret
 from buildworker.api.reaper import end_running, lease_deadline, requeue, settle_tasks
 from buildworker.config import Config
 from buildworker.db.models import TERMINAL_JOB_STATUSES, Artifact, Job, Task, Worker, utcnow
+from buildworker.db.transitions import reset_tasks, transition_job, update_job_while
+from buildworker.jobstate import (
+    FinishedStatus,
+    IllegalTransition,
+    JobStatus,
+    TaskStatus,
+    check_transition,
+)
 from buildworker.manifest import ManifestError, parse_manifest
 from buildworker.store import ArtifactTooLarge, InvalidName, LogGap, Store
 from buildworker.triggers.dispatch import record_job_triggers
@@ -58,7 +66,7 @@ MAX_LOG_CHUNK = 8 * 1024 * 1024
 #: The framework's limit for artifact uploads: none of its own (see upload_artifact).
 ARTIFACT_BODY_LIMIT = 2**62
 #: Job statuses in which an attempt has been claimed (logs may still be flushed).
-_CLAIMED = frozenset({"running", *TERMINAL_JOB_STATUSES})
+_CLAIMED = frozenset({JobStatus.RUNNING, *TERMINAL_JOB_STATUSES})
 
 
 def require_worker(request: Request) -> None:
@@ -111,11 +119,11 @@ class AttemptBody(_Body):
 
 
 class TaskBody(AttemptBody):
-    status: Literal["pending", "running", "success", "failed", "skipped"]
+    status: TaskStatus
 
 
 class FinishBody(AttemptBody):
-    status: Literal["success", "failed", "timeout", "cancelled"]
+    status: FinishedStatus
     reason: str | None = Field(default=None, max_length=4096)
     infrastructure: bool = False
 
@@ -173,7 +181,7 @@ def _require_claimed(job: Job, attempt: int) -> None:
 
 
 def _require_running(job: Job, attempt: int) -> None:
-    if job.attempt != attempt or job.status != "running":
+    if job.attempt != attempt or job.status != JobStatus.RUNNING:
         raise _lease_lost(job, attempt)
 
 
@@ -248,11 +256,11 @@ def _secrets_for(
 
 
 def _claim_refusal(job: Job, attempt: int) -> ApiError | None:
-    if job.cancel_requested or job.status == "cancelled":
+    if job.cancel_requested or job.status == JobStatus.CANCELLED:
         return _conflict(f"job {job.id} was cancelled")
     if attempt != job.attempt:
         return _conflict(f"attempt {attempt} of job {job.id} is stale (current: {job.attempt})")
-    if job.status != "queued":
+    if job.status != JobStatus.QUEUED:
         return _conflict(f"attempt {attempt} of job {job.id} was already claimed ({job.status})")
     return None
 
@@ -278,34 +286,25 @@ def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -
     # it the same way): the worker's queue-wait histogram starts there.
     queued_since = job.updated
     now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.attempt == body.attempt,
-            Job.status == "queued",
-            Job.cancel_requested.is_(False),
-        )
-        .values(
-            status="running",
-            runner=body.worker,
-            lease_expires=lease_deadline(config.api.lease, now),
-            updated=now,
-        )
-        .execution_options(synchronize_session=False)
+    claimed = transition_job(
+        session,
+        job_id,
+        expect=JobStatus.QUEUED,
+        to=JobStatus.RUNNING,
+        attempt=body.attempt,
+        # a cancel that lands between the read above and this UPDATE must win
+        extra_where=[Job.cancel_requested.is_(False)],
+        runner=body.worker,
+        lease_expires=lease_deadline(config.api.lease, now),
+        updated=now,
     )
-    if getattr(result, "rowcount", 0) != 1:
+    if not claimed:
         session.rollback()
         session.refresh(job)
         raise _claim_refusal(job, body.attempt) or _conflict("claim lost a race")
     if body.attempt > 1:
         # A new attempt starts from scratch: no logs or artifacts of the one before.
-        session.execute(
-            update(Task)
-            .where(Task.job_id == job_id)
-            .values(status="pending", updated=now)
-            .execution_options(synchronize_session=False)
-        )
+        reset_tasks(session, job_id)
         session.execute(delete(Artifact).where(Artifact.job_id == job_id))
         store = _store(request)
         store.reset_logs(job_id)
@@ -345,15 +344,17 @@ def _end_unclaimable(
     request: Request, session: Session, job: Job, body: ClaimBody, problems: list[dict[str, str]]
 ) -> None:
     reason = "; ".join(p["reason"] for p in problems)
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.attempt == body.attempt, Job.status == "queued")
-        .values(status="failed", runner=body.worker, reason=reason, updated=now)
-        .execution_options(synchronize_session=False)
+    failed = transition_job(
+        session,
+        job.id,
+        expect=JobStatus.QUEUED,
+        to=JobStatus.FAILED,
+        attempt=body.attempt,
+        runner=body.worker,
+        reason=reason,
     )
-    if getattr(result, "rowcount", 0) == 1:
-        settle_tasks(session, job.id, "failed")
+    if failed:
+        settle_tasks(session, job.id, JobStatus.FAILED)
         record_job_triggers(session, job.id)
         store = _store(request)
         size = store.log_size(job.id) or 0
@@ -371,18 +372,19 @@ def heartbeat(
 ) -> dict[str, Any]:
     config = _config(request)
     job = _job(session, job_id)
-    if job.attempt == body.attempt and job.status == "cancelled" and job.runner is not None:
+    if job.attempt == body.attempt and job.status == JobStatus.CANCELLED and job.runner is not None:
         return {"cancelled": True}  # cancelled while running: keep telling the worker
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.attempt == body.attempt, Job.status == "running")
+    renewed = update_job_while(
+        session,
+        job_id,
+        status=JobStatus.RUNNING,
+        attempt=body.attempt,
+        lease_expires=lease_deadline(config.api.lease),
         # `updated` stays: it marks status changes (sr.ht shows updated - created as the
         # duration), and a heartbeat is not one; without it, onupdate would bump it.
-        .values(lease_expires=lease_deadline(config.api.lease, now), updated=Job.updated)
-        .execution_options(synchronize_session=False)
+        updated=Job.updated,
     )
-    if getattr(result, "rowcount", 0) != 1:
+    if not renewed:
         session.rollback()
         session.refresh(job)
         raise _lease_lost(job, body.attempt)
@@ -404,7 +406,11 @@ def set_task_status(job_id: int, name: str, body: TaskBody, session: SessionDep)
     _require_running(job, body.attempt)
     task = _task(session, job, name)
     if task.status != body.status:
-        task.status = body.status
+        try:
+            check_transition(TaskStatus(task.status), body.status)
+        except IllegalTransition as exc:
+            raise ApiError.field("status", str(exc)) from None
+        task.status = body.status.value
         task.updated = utcnow()
         session.commit()
     return {}
@@ -557,12 +563,12 @@ def finish(request: Request, job_id: int, body: FinishBody, session: SessionDep)
         return {}  # a retried finish, or the attempt already ended another way
     _require_running(job, body.attempt)
     log = _log.bind(job_id=job_id, attempt=body.attempt)
-    status = body.status
-    if job.cancel_requested and status != "success":
-        status = "cancelled"  # the user asked; how the build died on the way is secondary
+    status = JobStatus(body.status)
+    if job.cancel_requested and status != JobStatus.SUCCESS:
+        status = JobStatus.CANCELLED  # the user asked; how the build died on the way is secondary
     retry = (
         body.infrastructure
-        and status in ("failed", "timeout")
+        and status in (JobStatus.FAILED, JobStatus.TIMEOUT)
         and body.attempt < config.api.max_attempts
     )
     reason = body.reason
@@ -584,11 +590,11 @@ def release(
     request: Request, job_id: int, body: ReleaseBody, session: SessionDep
 ) -> dict[str, Any]:
     job = _job(session, job_id)
-    if job.attempt != body.attempt or job.status != "running":
+    if job.attempt != body.attempt or job.status != JobStatus.RUNNING:
         return {}  # already released, requeued by the reaper, or ended: nothing to give back
     reason = body.reason or "released by the worker"
     if job.cancel_requested:
-        end_running(session, job_id, body.attempt, "cancelled", f"cancelled; {reason}")
+        end_running(session, job_id, body.attempt, JobStatus.CANCELLED, f"cancelled; {reason}")
     else:
         requeue(session, job_id, body.attempt, reason)
     session.commit()

@@ -1,38 +1,38 @@
 """Job state changes shared by the job and job-group endpoints: start and cancel.
 
-Both are conditional UPDATEs, so concurrent requests cannot both succeed: of two starts
-only one matches `status = 'pending'`, and only that one writes an outbox row.
+Both are compare-and-set UPDATEs (buildworker.db.transitions), so concurrent requests cannot
+both succeed: of two starts only one finds the job still pending, and only that one writes
+an outbox row.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from buildworker.api.metrics import metrics_of
 from buildworker.db.models import Job, utcnow
 from buildworker.db.outbox import enqueue
+from buildworker.db.transitions import transition_job, update_job_while
+from buildworker.jobstate import JobStatus
 from buildworker.triggers.dispatch import record_job_triggers
 
-__all__ = ["cancel", "start_pending"]
+__all__ = ["cancel", "queue_pending", "start_pending"]
 
 
-def start_pending(session: Session, job: Job) -> bool:
-    """pending → queued with the next attempt and one outbox row, atomically.
-
-    The conditional UPDATE is what makes a start happen once: of two concurrent starts
-    only one matches `status = 'pending'`. The caller commits. False if not pending.
-    """
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "pending")
-        .values(status="queued", attempt=Job.attempt + 1, updated=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(result, "rowcount", 0) != 1:
+def queue_pending(session: Session, job: Job) -> bool:
+    """pending → queued with the next attempt and one outbox row, atomically; `job` is
+    refreshed. The caller commits. False (nothing changed) if the job is not pending."""
+    if not transition_job(session, job.id, expect=JobStatus.PENDING, to=JobStatus.QUEUED):
         return False
     session.refresh(job)
     enqueue(session, job)
+    return True
+
+
+def start_pending(session: Session, job: Job) -> bool:
+    """`queue_pending`, counted as a submitted job. The caller commits."""
+    if not queue_pending(session, job):
+        return False
     metrics_of(session).job_submitted()
     return True
 
@@ -44,23 +44,24 @@ def cancel(session: Session, job: Job, reason: str) -> str:
     already had. The caller commits.
     """
     now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status.in_(("pending", "queued")))
-        .values(status="cancelled", reason=reason, lease_expires=None, updated=now)
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(result, "rowcount", 0) == 1:
+    if transition_job(
+        session,
+        job.id,
+        expect={JobStatus.PENDING, JobStatus.QUEUED},
+        to=JobStatus.CANCELLED,
+        reason=reason,
+        lease_expires=None,
+        updated=now,
+    ):
         session.refresh(job)
         record_job_triggers(session, job)
-        return "cancelled"
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "running")
-        .values(cancel_requested=True, updated=now)
-        .execution_options(synchronize_session=False)
+        return JobStatus.CANCELLED.value
+    # A running job is stopped by its worker, which learns of the request from its next
+    # heartbeat; it stays running until the worker reports the end.
+    requested = update_job_while(
+        session, job.id, status=JobStatus.RUNNING, cancel_requested=True, updated=now
     )
     session.refresh(job)
-    if getattr(result, "rowcount", 0) == 1:
+    if requested:
         return "requested"
     return job.status

@@ -53,6 +53,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker import __version__
 from buildworker.db.models import Job, Outbox, TriggerDelivery, utcnow
+from buildworker.jobstate import JobStatus
 
 __all__ = [
     "JOB_STATUSES",
@@ -68,7 +69,7 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 
 #: Every job status, so each ``buildworker_jobs{status}`` series exists even at 0.
-JOB_STATUSES = ("pending", "queued", "running", "success", "failed", "timeout", "cancelled")
+JOB_STATUSES = tuple(status.value for status in JobStatus)
 _DELIVERY_STATES = ("pending", "sent", "failed")
 _DELIVERY_ACTIONS = ("email", "webhook")
 #: Request latency buckets, in seconds (the API answers in milliseconds; uploads take longer).
@@ -284,7 +285,7 @@ class DatabaseCollector(Collector):
             # second, indexed lookup among the (few) queued rows.
             by_status = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
             oldest_queued = session.execute(
-                select(func.min(Job.updated)).where(Job.status == "queued")
+                select(func.min(Job.updated)).where(Job.status == JobStatus.QUEUED)
             ).scalar()
             backlog, oldest_unsent = session.execute(
                 select(func.count(), func.min(Outbox.created)).where(Outbox.published_at.is_(None))

@@ -31,13 +31,13 @@ from buildworker.api.body import (
 from buildworker.api.deps import SessionDep, current_user, optional_user
 from buildworker.api.errors import ApiError
 from buildworker.api.images import check_image
-from buildworker.api.lifecycle import cancel, start_pending
+from buildworker.api.lifecycle import cancel, queue_pending, start_pending
 from buildworker.api.metrics import metrics_of
 from buildworker.api.pagination import MAX_ID, paginate
 from buildworker.api.serialize import artifact_dict, artifact_url, format_time, job_dict
 from buildworker.config import Config
 from buildworker.db.models import Artifact, Job, Secret, Task, User
-from buildworker.db.outbox import enqueue
+from buildworker.jobstate import JobStatus, TaskStatus
 from buildworker.manifest import ManifestError, parse_manifest
 
 # artifact_url, format_time, job_dict, cancel and start_pending are re-exported: other
@@ -73,7 +73,7 @@ TAG_REASON = (
 #: A username in an access list, with or without sr.ht's "~".
 USERNAME = re.compile(r"^~?[A-Za-z0-9_.-]{1,256}$")
 MAX_NOTE = 4096
-_STATUS_WORD = {"queued": "queued", "running": "running"}
+_STATUS_WORD: dict[str, str] = {JobStatus.QUEUED: "queued", JobStatus.RUNNING: "running"}
 
 JOB_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -239,7 +239,7 @@ def submit_job(
         tags=tags,
         image=manifest.image,
         arch=arch,
-        status="pending",
+        status=JobStatus.PENDING.value,
         secrets=bool(with_secrets),
         access_read=read if read is not None else ["*"],
         access_write=write or [],
@@ -247,14 +247,13 @@ def submit_job(
     )
     job.owner = user
     job.tasks = [
-        Task(position=i, name=task.name, status="pending") for i, task in enumerate(manifest.tasks)
+        Task(position=i, name=task.name, status=TaskStatus.PENDING.value)
+        for i, task in enumerate(manifest.tasks)
     ]
     session.add(job)
     session.flush()
     if execute:
-        job.status = "queued"
-        job.attempt = 1
-        enqueue(session, job)
+        queue_pending(session, job)
     session.commit()
     if execute:
         metrics_of(session).job_submitted()
@@ -337,7 +336,7 @@ def cancel_job(job_id: int, user: WriteUser, session: SessionDep) -> dict[str, A
     job = load_job_for_write(session, job_id, user)
     outcome = cancel(session, job, f"cancelled by {user.canonical_name}")
     session.commit()
-    if outcome not in ("cancelled", "requested"):
+    if outcome not in (JobStatus.CANCELLED, "requested"):
         raise ApiError.reason(f"This job is already complete ({outcome})")
     log.info("job_cancel", job_id=job.id, outcome=outcome, by=user.username)
     return {}

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.db.models import Job, Outbox, utcnow
+from buildworker.jobstate import JobStatus
 from buildworker.queue import (
     DEAD_EXCHANGE,
     DEAD_QUEUE,
@@ -180,7 +181,7 @@ class OutboxPublisher(ServiceThread):
             done: list[Outbox] = []
             try:
                 for row, job in rows:
-                    if job.attempt != row.attempt or job.status != "queued":
+                    if job.attempt != row.attempt or job.status != JobStatus.QUEUED:
                         _log.info(
                             "publisher.skipped",
                             job_id=job.id,

@@ -8,9 +8,10 @@ heartbeat. When a worker dies the lease lapses, and `reap` decides what becomes 
   a new outbox row, so another worker picks it up (`requeue`);
 - otherwise → ``failed``, with the reason in `jobs.reason`.
 
-Every transition is a conditional UPDATE on (id, attempt, status): of a reaper and a late
-heartbeat or finish racing for the same job, exactly one wins, on SQLite and PostgreSQL
-alike. Several API processes may run reapers at once for the same reason.
+Every transition is a compare-and-set UPDATE on (id, attempt, status) through
+`buildworker.db.transitions`: of a reaper and a late heartbeat or finish racing for the same
+job, exactly one wins, on SQLite and PostgreSQL alike. Several API processes may run reapers
+at once for the same reason.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.api.metrics import metrics_of
-from buildworker.db.models import Job, Outbox, Task, utcnow
+from buildworker.db.models import Job, utcnow
+from buildworker.db.outbox import enqueue_attempt
+from buildworker.db.transitions import reset_tasks, transition_job, transition_tasks
+from buildworker.jobstate import JobStatus, TaskStatus
 from buildworker.service import ServiceThread
 from buildworker.triggers.dispatch import record_job_triggers
 
@@ -38,20 +42,12 @@ _log = structlog.get_logger(__name__)
 
 
 def settle_tasks(session: Session, job_id: int, status: str) -> None:
-    """Give the tasks of a job that ended with ``status`` a final status of their own:
-    pending ones were never run (skipped), a running one ended with the job."""
-    session.execute(
-        update(Task)
-        .where(Task.job_id == job_id, Task.status == "pending")
-        .values(status="skipped", updated=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(
-        update(Task)
-        .where(Task.job_id == job_id, Task.status == "running")
-        .values(status="success" if status == "success" else "failed", updated=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    """Give the tasks of a job that ended with ``status`` (a `JobStatus` or its value) a
+    final status of their own: pending ones were never run (skipped), a running one ended
+    with the job."""
+    transition_tasks(session, job_id, expect=TaskStatus.PENDING, to=TaskStatus.SKIPPED)
+    ended = TaskStatus.SUCCESS if status == JobStatus.SUCCESS else TaskStatus.FAILED
+    transition_tasks(session, job_id, expect=TaskStatus.RUNNING, to=ended)
 
 
 def requeue(session: Session, job_id: int, attempt: int, reason: str) -> bool:
@@ -60,29 +56,20 @@ def requeue(session: Session, job_id: int, attempt: int, reason: str) -> bool:
     False (and nothing changed) when the job is no longer running that attempt. The caller
     commits.
     """
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
-        .values(
-            status="queued",
-            attempt=attempt + 1,
-            runner=None,
-            lease_expires=None,
-            reason=reason,
-            updated=now,
-        )
-        .execution_options(synchronize_session=False)
+    requeued = transition_job(
+        session,
+        job_id,
+        expect=JobStatus.RUNNING,
+        to=JobStatus.QUEUED,
+        attempt=attempt,
+        runner=None,
+        lease_expires=None,
+        reason=reason,
     )
-    if getattr(result, "rowcount", 0) != 1:
+    if not requeued:
         return False
-    session.execute(
-        update(Task)
-        .where(Task.job_id == job_id)
-        .values(status="pending", updated=now)
-        .execution_options(synchronize_session=False)
-    )
-    session.add(Outbox(job_id=job_id, attempt=attempt + 1))
+    reset_tasks(session, job_id)
+    enqueue_attempt(session, job_id, attempt + 1)
     metrics_of(session).job_requeued()
     _log.info("job.requeued", job_id=job_id, attempt=attempt + 1, reason=reason)
     return True
@@ -91,17 +78,21 @@ def requeue(session: Session, job_id: int, attempt: int, reason: str) -> bool:
 def end_running(
     session: Session, job_id: int, attempt: int, status: str, reason: str | None
 ) -> bool:
-    """running attempt ``attempt`` → terminal ``status`` with ``reason``; tasks settled.
+    """running attempt ``attempt`` → terminal ``status`` (a `JobStatus` or its value) with
+    ``reason``; tasks settled.
 
     False when the job is no longer running that attempt. The caller commits.
     """
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
-        .values(status=status, lease_expires=None, reason=reason, updated=utcnow())
-        .execution_options(synchronize_session=False)
+    ended = transition_job(
+        session,
+        job_id,
+        expect=JobStatus.RUNNING,
+        to=JobStatus(status),
+        attempt=attempt,
+        lease_expires=None,
+        reason=reason,
     )
-    if getattr(result, "rowcount", 0) != 1:
+    if not ended:
         return False
     settle_tasks(session, job_id, status)
     record_job_triggers(session, job_id)
@@ -117,7 +108,7 @@ def reap(session: Session, *, max_attempts: int, now: datetime | None = None) ->
     now = now or utcnow()
     lapsed = session.execute(
         select(Job.id, Job.attempt, Job.runner, Job.cancel_requested)
-        .where(Job.status == "running", Job.lease_expires < now)
+        .where(Job.status == JobStatus.RUNNING, Job.lease_expires < now)
         .order_by(Job.id)
         .limit(500)
     ).all()
@@ -126,14 +117,18 @@ def reap(session: Session, *, max_attempts: int, now: datetime | None = None) ->
         lost = f"worker {runner or '?'} stopped renewing its lease (attempt {attempt})"
         if cancel_requested:
             outcome = "cancelled"
-            done = end_running(session, job_id, attempt, "cancelled", f"cancelled; {lost}")
+            done = end_running(session, job_id, attempt, JobStatus.CANCELLED, f"cancelled; {lost}")
         elif attempt < max_attempts:
             outcome = "requeued"
             done = requeue(session, job_id, attempt, lost)
         else:
             outcome = "failed"
             done = end_running(
-                session, job_id, attempt, "failed", f"{lost}; gave up after {attempt} attempts"
+                session,
+                job_id,
+                attempt,
+                JobStatus.FAILED,
+                f"{lost}; gave up after {attempt} attempts",
             )
         session.commit()
         if done:

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.api.publisher import backoff_delay
 from buildworker.db.models import Job, Outbox
+from buildworker.jobstate import JobStatus
 from buildworker.queue import queue_name
 from buildworker.service import ServiceThread
 
@@ -149,7 +150,7 @@ class RepublishMonitor(ServiceThread):
             rows = session.execute(
                 select(Job.id, Job.attempt, Job.image, Job.arch, Outbox.id, Outbox.published_at)
                 .join(Outbox, and_(Outbox.job_id == Job.id, Outbox.attempt == Job.attempt))
-                .where(Job.status == "queued", Outbox.published_at.is_not(None))
+                .where(Job.status == JobStatus.QUEUED, Outbox.published_at.is_not(None))
             ).all()
         queued: dict[Route, list[Published]] = {}
         for job_id, attempt, image, arch, outbox_id, published_at in rows:
@@ -190,7 +191,9 @@ class RepublishMonitor(ServiceThread):
         with self._sessionmaker() as session:
             for row in sorted(rows):
                 still_queued = exists().where(
-                    Job.id == Outbox.job_id, Job.attempt == Outbox.attempt, Job.status == "queued"
+                    Job.id == Outbox.job_id,
+                    Job.attempt == Outbox.attempt,
+                    Job.status == JobStatus.QUEUED,
                 )
                 result = session.execute(
                     update(Outbox)

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from buildworker.db.models import Artifact, Job
+from buildworker.jobstate import JobStatus
 
 __all__ = ["artifact_dict", "artifact_url", "format_time", "job_dict"]
 
@@ -16,7 +17,7 @@ def format_time(value: datetime) -> str:
 
 
 def _started(job: Job) -> bool:
-    return job.runner is not None or job.status == "running"
+    return job.runner is not None or job.status == JobStatus.RUNNING
 
 
 def job_dict(job: Job, origin: str, *, at_submit: bool = False) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
+from buildworker.jobstate import JobStatus, TaskStatus, is_terminal
+
 __all__ = [
     "JOB_STATUSES",
     "TASK_STATUSES",
@@ -48,11 +50,12 @@ __all__ = [
     "utcnow",
 ]
 
-#: Job statuses, as DESIGN.md and builds.sr.ht name them (lowercase in REST).
-JOB_STATUSES = ("pending", "queued", "running", "success", "failed", "timeout", "cancelled")
-TERMINAL_JOB_STATUSES = frozenset({"success", "failed", "timeout", "cancelled"})
+#: Job statuses, as DESIGN.md and builds.sr.ht name them (lowercase in REST); the state
+#: machine that moves between them is buildworker.jobstate.
+JOB_STATUSES = tuple(status.value for status in JobStatus)
+TERMINAL_JOB_STATUSES = frozenset(status.value for status in JobStatus if is_terminal(status))
 #: Task statuses.
-TASK_STATUSES = ("pending", "running", "success", "failed", "skipped")
+TASK_STATUSES = tuple(status.value for status in TaskStatus)
 
 
 def utcnow() -> datetime:
@@ -167,7 +170,9 @@ class Job(Base):
     tag_string: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
     image: Mapped[str] = mapped_column(String(128), nullable=False)
     arch: Mapped[str] = mapped_column(String(64), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending", index=True)
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default=JobStatus.PENDING.value, index=True
+    )
     secrets: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     #: usernames with read access; "*" = public. The owner is always allowed.
     access_read: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=lambda: ["*"])
@@ -211,7 +216,9 @@ class Task(Base):
     )
     position: Mapped[int] = mapped_column(Integer, nullable=False)
     name: Mapped[str] = mapped_column(String(256), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default=TaskStatus.PENDING.value
+    )
     updated: Mapped[datetime] = mapped_column(
         UTCDateTime(), nullable=False, default=utcnow, onupdate=utcnow
     )

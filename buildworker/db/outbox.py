@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from buildworker.db.models import Job, Outbox
 
-__all__ = ["enqueue"]
+__all__ = ["enqueue", "enqueue_attempt"]
 
 
 def enqueue(session: Session, job: Job) -> Outbox:
@@ -21,6 +21,15 @@ def enqueue(session: Session, job: Job) -> Outbox:
     """
     if job.id is None:
         session.flush()
-    row = Outbox(job_id=job.id, attempt=job.attempt)
+    return enqueue_attempt(session, job.id, job.attempt)
+
+
+def enqueue_attempt(session: Session, job_id: int, attempt: int) -> Outbox:
+    """Add an outbox row for attempt ``attempt`` of job ``job_id`` in the caller's transaction.
+
+    For callers that moved the job with a bulk UPDATE (the reaper's requeue) and so hold no
+    up-to-date `Job`; the caller commits.
+    """
+    row = Outbox(job_id=job_id, attempt=attempt)
     session.add(row)
     return row

@@ -15,6 +15,7 @@ from markupsafe import Markup
 from buildworker.api.access import can_write
 from buildworker.api.serialize import artifact_url
 from buildworker.db.models import TERMINAL_JOB_STATUSES, Job, User
+from buildworker.jobstate import JobStatus
 from buildworker.store import Store
 from buildworker.web.common import human_size
 from buildworker.web.logview import WINDOW, LogView, anchor_prefix, read_log_view
@@ -45,7 +46,7 @@ def _log_url(job: Job, task: str | None) -> str:
 
 
 def _started(job: Job) -> bool:
-    return job.runner is not None or job.status == "running"
+    return job.runner is not None or job.status == JobStatus.RUNNING
 
 
 def ssh_connect_command(job: Job, user: User | None) -> str | None:

@@ -14,6 +14,7 @@ from buildworker.api.deps import SessionDep
 from buildworker.api.errors import ApiError
 from buildworker.api.public import cancel_job, load_job
 from buildworker.db.models import Job, User
+from buildworker.jobstate import JobStatus
 from buildworker.web.badge import badge_status, badge_svg
 from buildworker.web.common import (
     PageError,
@@ -179,7 +180,7 @@ def cancel(
         flash(request, str(exc))
         return redirect(page)
     db.refresh(job)
-    if job.status == "running":
+    if job.status == JobStatus.RUNNING:
         flash(request, "Cancel requested: the build stops within seconds.")
     else:
         flash(request, f"The job is {job.status}.")
