@@ -6,12 +6,16 @@ need (scripts/services), so a skip would hide a broken set-up.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import subprocess
+import threading
 import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +78,68 @@ def amqp_url() -> Iterator[str]:
         yield f"{AMQP_BASE}/{urllib.parse.quote(vhost, safe='')}"
     finally:
         _rabbitmqctl("delete_vhost", vhost)
+
+
+# --- guests reaching a host service ------------------------------------------------------
+
+
+@pytest.fixture
+def git_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """A bare git repo with a tag, served read-only over dumb HTTP on a loopback port."""
+    work, served = tmp_path / "src", tmp_path / "served"
+    served.mkdir()
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+        "HOME": str(tmp_path),
+    }
+
+    def git(*args: str, cwd: Path) -> str:
+        done = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+        return done.stdout.decode().strip()
+
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "file.txt").write_text("tagged content\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "one", cwd=work)
+    git("tag", "v1", cwd=work)
+    (work / "file.txt").write_text("later content\n")
+    git("commit", "-q", "-am", "two", cwd=work)
+    git("clone", "-q", "--bare", str(work), str(served / "repo.git"), cwd=tmp_path)
+    git("update-server-info", cwd=served / "repo.git")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], "tagged content"
+    server.shutdown()
+
+
+@pytest.fixture
+def keep_forward() -> Iterator[Any]:
+    """Forward a host port to guests for this test, as `[vm] forwards` would, then withdraw it.
+
+    The grant is owned by this test (buildworker.guest.grants), so workers it starts keep it
+    while they start and stop.
+    """
+    import pwd
+
+    from buildworker.guest.grants import EgressGrant
+    from buildworker.guest.isolation import Forward
+
+    grants: list[EgressGrant] = []
+    uid = pwd.getpwnam("libvirt-qemu").pw_uid
+
+    def add(port: int) -> None:
+        grants.append(EgressGrant(uid, [Forward(port)], []).start())
+
+    yield add
+    for grant in grants:
+        grant.close()

@@ -115,7 +115,9 @@ class Farm:
 def make_farm(tmp_path: Path, amqp_url: str) -> Iterator[Callable[..., Farm]]:
     made: list[Farm] = []
 
-    def make(*, standby: float = 60.0, shell_idle: float = 60.0) -> Farm:
+    def make(
+        *, standby: float = 60.0, shell_idle: float = 60.0, forwards: tuple[str, ...] = ()
+    ) -> Farm:
         data = tmp_path / "api"
         data.mkdir()
         config = api_config(data, f"sqlite:///{data / 'buildworker.db'}", amqp_url)
@@ -137,7 +139,7 @@ def make_farm(tmp_path: Path, amqp_url: str) -> Iterator[Callable[..., Farm]]:
                 shell_idle=shell_idle,
                 ssh_host=f"127.0.0.1:{point.port}",
             ),
-            vm=replace(config.vm, ssh_key=SSH_KEY, work_dir=vm_work_dir()),
+            vm=replace(config.vm, ssh_key=SSH_KEY, work_dir=vm_work_dir(), forwards=forwards),
             ssh=replace(config.ssh, user=SSH_USER),
         )
         vms = Hypervisor(config.vm, worker_name=WORKER_NAME)
@@ -165,12 +167,19 @@ def make_farm(tmp_path: Path, amqp_url: str) -> Iterator[Callable[..., Farm]]:
 
 
 def test_a_failed_build_waits_for_its_owner_who_connects_and_logs_out(
-    make_farm: Callable[..., Farm], tmp_path: Path
+    make_farm: Callable[..., Farm],
+    tmp_path: Path,
+    git_server: tuple[int, str],
+    keep_forward: Callable[[int], None],
 ) -> None:
-    farm = make_farm(standby=60.0)
-    # Given a failing build submitted with `submit --follow`
+    port, tagged = git_server
+    keep_forward(port)
+    farm = make_farm(standby=60.0, forwards=(f"10.0.2.2:{port}=127.0.0.1:{port}",))
+    # Given a failing build with a git source, submitted with `submit --follow`
     manifest = tmp_path / "failing.yml"
-    manifest.write_text(FAILING)
+    manifest.write_text(
+        FAILING.replace("tasks:", f"sources: [http://10.0.2.2:{port}/repo.git#v1]\ntasks:")
+    )
     env = {**os.environ, "BUILDWORKER_URL": farm.api.url, "BUILDWORKER_TOKEN": farm.api.user_token}
     env.pop("BUILDWORKER_CONFIG", None)
     submit = subprocess.run(
@@ -201,7 +210,10 @@ def test_a_failed_build_waits_for_its_owner_who_connects_and_logs_out(
     child.expect(re.escape(f"Connected to build job #{job_id} (failed): "))
     # (the connect extended the VM to the job's deadline, about 45 minutes away)
     child.expect(r"Your VM will be terminated (44|45) minutes from now, or when you log out\.")
-    child.sendline("cat ~/project/out.txt; grep GREETING ~/.buildenv; echo MARK-$((6*7))")
+    child.sendline(
+        "cat ~/repo/file.txt; cat ~/project/out.txt; grep GREETING ~/.buildenv; echo MARK-$((6*7))"
+    )
+    child.expect(tagged)  # the clone directory, at the tag the manifest asked for
     child.expect("built-output")
     child.expect("hello-from-standby")
     child.expect("MARK-42")
