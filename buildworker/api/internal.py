@@ -30,7 +30,6 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -41,10 +40,23 @@ from buildworker.api.errors import ApiError
 from buildworker.api.public import artifact_url, resolve_secret
 from buildworker.api.reaper import end_running, lease_deadline, requeue, settle_tasks
 from buildworker.config import Config
+from buildworker.contract import (
+    SETUP_LOG_SEGMENT,
+    ArtifactAnswer,
+    AttemptBody,
+    ClaimAnswer,
+    ClaimBody,
+    ClaimedSecret,
+    FinishBody,
+    HeartbeatAnswer,
+    LogAnswer,
+    RegisterBody,
+    ReleaseBody,
+    TaskBody,
+)
 from buildworker.db.models import TERMINAL_JOB_STATUSES, Artifact, Job, Task, Worker, utcnow
 from buildworker.db.transitions import reset_tasks, transition_job, update_job_while
 from buildworker.jobstate import (
-    FinishedStatus,
     IllegalTransition,
     JobStatus,
     TaskStatus,
@@ -55,12 +67,10 @@ from buildworker.store import ArtifactTooLarge, InvalidName, LogGap, Store
 from buildworker.triggers.dispatch import record_job_triggers
 from buildworker.web.urls import job_page_url
 
-__all__ = ["SETUP_LOG", "router"]
+__all__ = ["router"]
 
 _log = structlog.get_logger(__name__)
 
-#: The name under which the setup log is written through ``PUT .../logs/{log}``.
-SETUP_LOG = "setup"
 #: Largest log chunk accepted in one call (the worker sends far smaller ones).
 MAX_LOG_CHUNK = 8 * 1024 * 1024
 #: The framework's limit for artifact uploads: none of its own (see upload_artifact).
@@ -92,44 +102,6 @@ router = APIRouter(
 
 
 # --- bodies ---------------------------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ServedImage(_Body):
-    image: str = Field(min_length=1, max_length=128)
-    arches: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(max_length=64)
-    default_arch: str | None = Field(default=None, max_length=64)
-
-
-class RegisterBody(_Body):
-    name: str = Field(min_length=1, max_length=256)
-    images: list[ServedImage] = Field(max_length=1024)
-
-
-class ClaimBody(_Body):
-    worker: str = Field(min_length=1, max_length=256)
-    attempt: int = Field(ge=1, le=2**31 - 1)
-
-
-class AttemptBody(_Body):
-    attempt: int = Field(ge=1, le=2**31 - 1)
-
-
-class TaskBody(AttemptBody):
-    status: TaskStatus
-
-
-class FinishBody(AttemptBody):
-    status: FinishedStatus
-    reason: str | None = Field(default=None, max_length=4096)
-    infrastructure: bool = False
-
-
-class ReleaseBody(AttemptBody):
-    reason: str | None = Field(default=None, max_length=4096)
 
 
 AttemptQuery = Annotated[int, Query(ge=1, le=2**31 - 1)]
@@ -219,7 +191,7 @@ def register_worker(body: RegisterBody, session: SessionDep) -> dict[str, Any]:
 
 def _secrets_for(
     request: Request, session: Session, job: Job
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+) -> tuple[list[ClaimedSecret], list[dict[str, str]]]:
     """(decrypted secrets, problems) for the secrets the job's manifest references."""
     try:
         # The limits were checked at submit; they may have been lowered since.
@@ -229,7 +201,7 @@ def _secrets_for(
     except ManifestError:
         refs = ()  # accepted at submit; a parser change since then must not strand the job
     box = request.app.state.secret_box
-    found: list[dict[str, Any]] = []
+    found: list[ClaimedSecret] = []
     problems: list[dict[str, str]] = []
     for i, ref in enumerate(refs):
         secret = resolve_secret(session, job.owner_id, ref)
@@ -242,15 +214,15 @@ def _secrets_for(
             problems.append({"field": f"secrets[{i}]", "reason": f"secret {ref!r}: {exc}"})
             continue
         found.append(
-            {
-                "uuid": secret.uuid,
-                "name": secret.name,
-                "type": secret.type,
-                "data_b64": base64.b64encode(data).decode("ascii"),
-                "path": secret.path,
-                "mode": secret.mode,
-                "ref": ref,
-            }
+            ClaimedSecret(
+                uuid=secret.uuid,
+                name=secret.name,
+                type=secret.type,
+                data_b64=base64.b64encode(data).decode("ascii"),
+                path=secret.path,
+                mode=secret.mode,
+                ref=ref,
+            )
         )
     return found, problems
 
@@ -266,7 +238,7 @@ def _claim_refusal(job: Job, attempt: int) -> ApiError | None:
 
 
 @router.post("/jobs/{job_id}/claim")
-def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -> dict[str, Any]:
+def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -> ClaimAnswer:
     config = _config(request)
     job = _job(session, job_id)
     refusal = _claim_refusal(job, body.attempt)
@@ -274,7 +246,7 @@ def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -
         raise refusal
     log = _log.bind(job_id=job_id, attempt=body.attempt, worker=body.worker)
 
-    secrets: list[dict[str, Any]] = []
+    secrets: list[ClaimedSecret] = []
     if job.secrets:
         secrets, problems = _secrets_for(request, session, job)
         if problems:
@@ -319,25 +291,25 @@ def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -
     session.refresh(job)
     log.info("job.claimed")
     origin = config.api.origin
-    return {
-        "job_id": job.id,
-        "attempt": job.attempt,
-        "manifest": job.manifest,
-        "secrets": secrets,
-        "job_url": job_page_url(origin, job.owner.username, job.id),
-        "owner": job.owner.username,
-        "owner_canonical_name": job.owner.canonical_name,
-        "owner_email": job.owner.email,
-        "image": job.image,
-        "arch": job.arch,
-        "note": job.note,
-        "tags": list(job.tags or []),
-        "tasks": [task.name for task in job.tasks],
-        "secrets_enabled": job.secrets,
-        "lease_seconds": config.api.lease,
-        "timeout_seconds": config.api.job_timeout,
-        "queued_at": queued_since.isoformat(),
-    }
+    return ClaimAnswer(
+        job_id=job.id,
+        attempt=job.attempt,
+        manifest=job.manifest,
+        secrets=secrets,
+        job_url=job_page_url(origin, job.owner.username, job.id),
+        owner=job.owner.username,
+        owner_canonical_name=job.owner.canonical_name,
+        owner_email=job.owner.email,
+        image=job.image,
+        arch=job.arch,
+        note=job.note,
+        tags=list(job.tags or []),
+        tasks=[task.name for task in job.tasks],
+        secrets_enabled=job.secrets,
+        lease_seconds=config.api.lease,
+        timeout_seconds=config.api.job_timeout,
+        queued_at=queued_since.isoformat(),
+    )
 
 
 def _end_unclaimable(
@@ -369,11 +341,11 @@ def _end_unclaimable(
 @router.post("/jobs/{job_id}/heartbeat")
 def heartbeat(
     request: Request, job_id: int, body: AttemptBody, session: SessionDep
-) -> dict[str, Any]:
+) -> HeartbeatAnswer:
     config = _config(request)
     job = _job(session, job_id)
     if job.attempt == body.attempt and job.status == JobStatus.CANCELLED and job.runner is not None:
-        return {"cancelled": True}  # cancelled while running: keep telling the worker
+        return HeartbeatAnswer(cancelled=True)  # cancelled while running: keep telling it
     renewed = update_job_while(
         session,
         job_id,
@@ -390,7 +362,7 @@ def heartbeat(
         raise _lease_lost(job, body.attempt)
     session.commit()
     session.refresh(job)
-    return {"cancelled": bool(job.cancel_requested)}
+    return HeartbeatAnswer(cancelled=bool(job.cancel_requested))
 
 
 def _task(session: Session, job: Job, name: str) -> Task:
@@ -440,8 +412,8 @@ def _append(
         raise ApiError.reason(str(exc), 404) from None
 
 
-def _size_response(size: int) -> dict[str, int]:
-    return {"size": size}
+def _size_response(size: int) -> LogAnswer:
+    return LogAnswer(size=size)
 
 
 async def _append_request(
@@ -467,7 +439,7 @@ async def _append_request(
 async def append_log(
     request: Request, job_id: int, log: str, offset: OffsetQuery, attempt: AttemptQuery
 ) -> Any:
-    task = None if log == SETUP_LOG else log
+    task = None if log == SETUP_LOG_SEGMENT else log
     return await _append_request(request, job_id, task, attempt, offset)
 
 
@@ -504,7 +476,7 @@ def _artifact_target(
 
 def _record_artifact(
     request: Request, job_id: int, attempt: int, path: str, name: str, key: str, size: int
-) -> dict[str, Any]:
+) -> ArtifactAnswer:
     with request.app.state.sessionmaker() as session:
         job = _job(session, job_id)
         _require_running(job, attempt)
@@ -518,11 +490,9 @@ def _record_artifact(
             artifact.path, artifact.size, artifact.storage_key = path, size, key
             artifact.created = utcnow()
         session.commit()
-        return {
-            "name": name,
-            "url": artifact_url(_config(request).api.origin, artifact),
-            "size": size,
-        }
+        return ArtifactAnswer(
+            name=name, url=artifact_url(_config(request).api.origin, artifact), size=size
+        )
 
 
 # The handler streams to disk under [api] max-artifact-size (known only at run time).

@@ -14,11 +14,10 @@ import contextlib
 import hashlib
 import shlex
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import paramiko
 import structlog
@@ -57,6 +56,38 @@ POLL_S = 0.1
 CHUNK = 32768
 
 log = structlog.get_logger()
+
+
+class StopSignal(Protocol):
+    """What the guest layer's waits observe to stop early: a `threading.Event`, or
+    `AnyStop` over several."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class AnyStop:
+    """Set when any of ``events`` is (a VM destroyed, or the build cancelled): one thing
+    for a wait to watch, without a thread per wait."""
+
+    #: how often `wait` looks at the events; a stop is seen within this
+    POLL_S = 0.05
+
+    def __init__(self, *events: StopSignal) -> None:
+        self._events = events
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._events)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = self.POLL_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._events[0].wait(min(self.POLL_S, left))
+        return True
 
 
 @contextlib.contextmanager
@@ -104,7 +135,7 @@ def wait_for_banner(
     port: int,
     *,
     deadline: float,
-    cancel: threading.Event | None = None,
+    cancel: StopSignal | None = None,
 ) -> tuple[socket.socket, int]:
     """A connected socket whose peer has started sending an SSH banner (left unread).
 
@@ -224,7 +255,7 @@ class GuestConnection:
         pty: bool = True,
         on_output: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
-        cancel: threading.Event | None = None,
+        cancel: StopSignal | None = None,
     ) -> int:
         """Run ``command`` in the login shell; stream output chunks to ``on_output`` as they
         arrive (stdout and stderr together); return the exit status (-1: killed by a signal).
@@ -257,6 +288,13 @@ class GuestConnection:
                     self._check(cancel, deadline, command)
                     if chan.closed or not self._transport.is_active():
                         break
+                if chan.exit_status == -1 and self._connection_lost():
+                    # paramiko sets the status event when a channel closes, with -1 for
+                    # "no status": without a live transport that is a lost guest (the VM
+                    # destroyed, the network gone), not a command killed by a signal.
+                    raise GuestError(
+                        f"{self._description}: connection lost while running {command!r}"
+                    )
                 if not chan.exit_status_ready():
                     raise GuestError(
                         f"{self._description}: connection lost while running {command!r}"
@@ -265,13 +303,23 @@ class GuestConnection:
             finally:
                 chan.close()
 
+    def _connection_lost(self, grace_s: float = 2.0) -> bool:
+        """Whether the transport died. A channel can see its end a moment before the
+        transport notices its socket is gone, so give it ``grace_s`` to say so."""
+        give_up = time.monotonic() + grace_s
+        while self._transport.is_active():
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(0.05)
+        return True
+
     def open_channel(self) -> paramiko.Channel:
         """A new session channel on this connection, for a caller that drives it itself (the
         worker's control socket relays users' SSH sessions through it). Raises GuestError."""
         with map_paramiko_errors(f"{self._description}: open a session"):
             return self._session()
 
-    def _check(self, cancel: threading.Event | None, deadline: float | None, command: str) -> None:
+    def _check(self, cancel: StopSignal | None, deadline: float | None, command: str) -> None:
         if cancel is not None and cancel.is_set():
             raise CommandCancelled(f"{self._description}: cancelled: {command!r}")
         if deadline is not None and time.monotonic() > deadline:
@@ -362,7 +410,7 @@ def connect_guest(
     fingerprint: str | None,
     timeout: float,
     host: str = "127.0.0.1",
-    cancel: threading.Event | None = None,
+    cancel: StopSignal | None = None,
     description: str = "guest",
 ) -> GuestConnection:
     """Settle: wait until the guest's SSH answers a command, and return that connection.

@@ -18,7 +18,7 @@ import structlog
 
 from buildworker.guest.errors import CommandCancelled, GuestError, SettleTimeout
 from buildworker.guest.images import ImageInfo
-from buildworker.guest.ssh import GuestConnection, connect_guest
+from buildworker.guest.ssh import AnyStop, GuestConnection, StopSignal, connect_guest
 
 __all__ = ["CONSOLE_GATE_S", "CONSOLE_NAME", "Guest"]
 
@@ -65,16 +65,18 @@ class Guest:
         self._lock = threading.Lock()
         self._log = _log.bind(job_id=job_id, attempt=attempt, domain=domain_name)
 
-    def wait_ready(self, timeout: float) -> GuestConnection:
+    def wait_ready(self, timeout: float, cancel: StopSignal | None = None) -> GuestConnection:
         """Block until SSH answers a command (host key checked); return that connection.
 
         Raises SettleTimeout (with the tail of the serial console), HostKeyMismatch,
-        CommandCancelled if the guest is destroyed meanwhile, GuestError.
+        CommandCancelled if the guest is destroyed or ``cancel`` is set meanwhile (seen
+        within a probe interval), GuestError.
         """
         key = self._ssh_key()
         deadline = time.monotonic() + timeout
+        stop: StopSignal = self._destroyed if cancel is None else AnyStop(self._destroyed, cancel)
         if self.image.console_ready and not self.restored:
-            self._await_console(self.image.console_ready.encode(), deadline)
+            self._await_console(self.image.console_ready.encode(), deadline, stop)
         try:
             conn = connect_guest(
                 self.ssh_port,
@@ -82,15 +84,15 @@ class Guest:
                 key=key,
                 fingerprint=self.image.host_key_fingerprint,
                 timeout=max(1.0, deadline - time.monotonic()),
-                cancel=self._destroyed,
+                cancel=stop,
                 description=self.domain_name,
             )
         except SettleTimeout as exc:
             raise SettleTimeout(f"{exc}; console: {self.console_tail()!r}") from exc
         with self._lock:
-            if self._destroyed.is_set():
+            if stop.is_set():
                 conn.close()
-                raise CommandCancelled(f"{self.domain_name}: destroyed while settling")
+                raise CommandCancelled(f"{self.domain_name}: stopped while settling")
             self._connections.append(conn)
         if self.restored:
             # The copy woke up with the clock of the moment its snapshot was saved.
@@ -100,21 +102,21 @@ class Guest:
         self._log.info("guest.ready", seconds=round(time.monotonic() - self.started, 3))
         return conn
 
-    def _await_console(self, marker: bytes, deadline: float) -> None:
+    def _await_console(self, marker: bytes, deadline: float, stop: StopSignal) -> None:
         """Wait until the serial console shows ``marker`` (the guest's network is up), at
         most CONSOLE_GATE_S: probes made before that linger in QEMU's user-net and reach the
         guest later, each starting an sshd that competes with the real login."""
         give_up = min(deadline, time.monotonic() + CONSOLE_GATE_S)
         while time.monotonic() < give_up:
-            if self._destroyed.is_set():
-                raise CommandCancelled(f"{self.domain_name}: destroyed while booting")
+            if stop.is_set():
+                raise CommandCancelled(f"{self.domain_name}: stopped while booting")
             try:
                 with open(self.console_log, "rb") as fh:
                     if marker in fh.read():
                         return
             except OSError:
                 pass
-            self._destroyed.wait(CONSOLE_POLL_S)
+            stop.wait(CONSOLE_POLL_S)
         self._log.warning("guest.console_marker_missing", marker=marker.decode(errors="replace"))
 
     def console_tail(self, size: int = 2000) -> str:

@@ -12,11 +12,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx
 import structlog
+from pydantic import BaseModel
 
+from buildworker.contract import (
+    ArtifactAnswer,
+    ClaimAnswer,
+    ClaimBody,
+    HeartbeatAnswer,
+    LogAnswer,
+)
 from buildworker.worker.backoff import compute_backoff
 from buildworker.worker.errors import InfraError
 from buildworker.worker.logs import SETUP_LOG
@@ -181,17 +189,14 @@ class InternalApi:
             "POST", "/workers", json={"name": name, "images": images}, endpoint="register"
         )
 
-    def claim(self, job_id: int, worker: str, attempt: int) -> dict[str, Any]:
+    def claim(self, job_id: int, worker: str, attempt: int) -> ClaimAnswer:
         response = self._request(
             "POST",
             f"/jobs/{job_id}/claim",
-            json={"worker": worker, "attempt": attempt},
+            json=ClaimBody(worker=worker, attempt=attempt).model_dump(),
             endpoint="claim",
         )
-        data = response.json()
-        if not isinstance(data, dict):
-            raise ApiError(f"claim of job {job_id}: expected a JSON object")
-        return data
+        return _answer(ClaimAnswer, response, f"claim of job {job_id}")
 
     def heartbeat(self, job_id: int, attempt: int, *, budget_s: float | None = None) -> bool:
         """Renews the lease; returns whether the job was cancelled."""
@@ -202,7 +207,7 @@ class InternalApi:
             budget_s=budget_s,
             endpoint="heartbeat",
         )
-        return bool(_json_or_none(response, {}).get("cancelled", False))
+        return _answer(HeartbeatAnswer, response, f"heartbeat of job {job_id}").cancelled
 
     def task_status(self, job_id: int, attempt: int, name: str, status: str) -> None:
         self._request(
@@ -242,7 +247,7 @@ class InternalApi:
                     return size
                 data, offset = data[size - offset :], size
                 continue
-            return int(_json_or_none(response, {}).get("size", offset + len(data)))
+            return _answer(LogAnswer, response, f"log {log} of job {job_id}").size
 
     def upload_artifact(
         self, job_id: int, attempt: int, guest_path: str, source: IO[bytes], size: int
@@ -261,8 +266,7 @@ class InternalApi:
             content=body,
             endpoint="artifact",
         )
-        data = _json_or_none(response, {})
-        return str(data.get("url", ""))
+        return _answer(ArtifactAnswer, response, f"artifact {guest_path} of job {job_id}").url
 
     def finish(
         self,
@@ -291,6 +295,19 @@ class InternalApi:
             json={"attempt": attempt, "reason": reason},
             endpoint="release",
         )
+
+
+_Answer = TypeVar("_Answer", bound=BaseModel)
+
+
+def _answer(model: type[_Answer], response: httpx.Response, what: str) -> _Answer:
+    """The answer as the contract's model; one that does not fit names the field."""
+    try:
+        return model.model_validate(response.json())
+    except ValueError as exc:  # not JSON, or pydantic's ValidationError (a ValueError)
+        detail = str(exc).splitlines()
+        message = f"{what}: the answer does not fit the contract: {' '.join(detail[:3])}"
+        raise ApiError(message) from None
 
 
 def _json_or_none(response: httpx.Response, default: Any = None) -> Any:

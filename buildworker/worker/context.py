@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 import structlog
 
+from buildworker.contract import ClaimedSecret
+from buildworker.guest.errors import (
+    CommandCancelled,
+    CommandTimeout,
+    FileTooLarge,
+    GuestFileError,
+    GuestLayerError,
+    ImageConfigError,
+    UnknownImage,
+    UnsupportedOperation,
+)
 from buildworker.manifest import Manifest
-from buildworker.worker.errors import Cancelled, InfraError
+from buildworker.worker.errors import BuildFailed, Cancelled, InfraError, SetupError, WorkerError
 from buildworker.worker.interfaces import GuestSession, Image
 from buildworker.worker.logs import SETUP_LOG, ChunkSink, LogStream, LogStreamer, setup_line
 
@@ -42,26 +54,28 @@ class SecretMaterial:
     mode: int | None = None
 
     @classmethod
-    def from_claim(cls, item: Mapping[str, Any]) -> SecretMaterial:
-        """From one entry of the claim's ``secrets`` list; raises ValueError naming the field."""
-        kind = item.get("type")
-        if kind not in SECRET_TYPES:
+    def from_claim(cls, item: ClaimedSecret) -> SecretMaterial:
+        """From one entry of the claim's ``secrets``; raises ValueError naming the field."""
+        if item.type not in SECRET_TYPES:
             raise ValueError(
-                f"secrets.type: expected one of {', '.join(SECRET_TYPES)}, got {kind!r}"
+                f"secrets.type: expected one of {', '.join(SECRET_TYPES)}, got {item.type!r}"
             )
         try:
-            data = base64.b64decode(str(item.get("data_b64") or ""), validate=True)
+            data = base64.b64decode(item.data_b64, validate=True)
         except ValueError:
             raise ValueError("secrets.data_b64: not valid base64") from None
-        mode = item.get("mode")
+        mode = item.mode
         if isinstance(mode, str):
-            mode = int(mode, 8)
+            try:
+                mode = int(mode, 8)
+            except ValueError:
+                raise ValueError(f"secrets.mode: expected octal digits, got {mode!r}") from None
         return cls(
-            uuid=str(item.get("uuid") or ""),
-            name=item.get("name"),
-            type=str(kind),
+            uuid=item.uuid,
+            name=item.name,
+            type=item.type,
             data=data,
-            path=item.get("path"),
+            path=item.path,
             mode=mode,
         )
 
@@ -183,31 +197,61 @@ class BuildContext:
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
-    def run(self, command: str, *, output: LogStream | None = None, pty: bool = False) -> int:
-        """Run ``command`` in the guest, output into ``output`` (default: the setup log).
+    # -- the guest, through the one error boundary ----------------------------------------
+    # Steps reach the guest only through these three methods; each maps an error of the
+    # guest layer (buildworker.guest.errors) to a build outcome in one place (`_outcome`).
+
+    def run(
+        self,
+        command: str,
+        *,
+        output: LogStream | None = None,
+        pty: bool = False,
+        on_output: Callable[[bytes], None] | None = None,
+    ) -> int:
+        """Run ``command`` in the guest, output into ``output`` (default: the setup log) or
+        to ``on_output``; returns its exit status.
 
         Raises:
             Cancelled: the build was cancelled or timed out (before or during the command).
-            InfraError: the SSH connection broke.
+            InfraError: the SSH connection broke or the guest went away.
         """
         self.cancel.raise_if_set()
-        sink = output or self.setup
-        try:
+        sink = on_output or (output or self.setup).write
+        with self._guest_call("running a command"):
             status = self.conn.run(
                 command,
                 pty=pty,
-                on_output=sink.write,
+                on_output=sink,
                 timeout=self.remaining() or 0.001,
                 cancel=self.cancel.event,
             )
-        except Exception as exc:
-            if self.remaining() <= 0.5:
-                # The command hit the job's deadline a moment before the deadline timer did.
-                self.cancel.cancel("timeout")
-            self.cancel.raise_if_set()
-            raise InfraError(f"lost the guest while running a command: {exc}") from exc
         self.cancel.raise_if_set()
         return status
+
+    def upload(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write a file in the guest (raises as `run`; a file the guest refuses is
+        BuildFailed)."""
+        self.cancel.raise_if_set()
+        with self._guest_call(f"writing {path}"):
+            self.conn.upload(path, data, mode)
+
+    def download(self, path: str, sink: BinaryIO, max_size: int) -> int:
+        """Copy a guest file into ``sink``; returns its size. A missing file or one over
+        ``max_size`` is BuildFailed (what the build left), the rest raises as `run`."""
+        self.cancel.raise_if_set()
+        with self._guest_call(f"reading {path}"):
+            return self.conn.download(path, sink, max_size)
+
+    @contextlib.contextmanager
+    def _guest_call(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except GuestLayerError as exc:
+            raise self._outcome(exc, what) from exc
+
+    def _outcome(self, exc: GuestLayerError, what: str) -> WorkerError:
+        return guest_outcome(exc, what, self.cancel, self.remaining())
 
     def set_task_status(self, name: str, status: str) -> None:
         """Record and report a task's status (logs are flushed first so they stay in order)."""
@@ -223,6 +267,33 @@ class BuildContext:
             self.task_timings.append((status, now - self._task_started.pop(name)))
         self.task_statuses[name] = status
         self.reporter.task_status(name, status)
+
+
+def guest_outcome(
+    exc: GuestLayerError, what: str, cancel: CancelToken, remaining_s: float
+) -> WorkerError:
+    """What an error of the guest layer means for the build (the one mapping).
+
+    Our own stop comes first: a command cut short because the build was cancelled or timed
+    out (the guest destroyed under it, the channel closed) is that stop, never an
+    infrastructure failure. Then: a command's own timeout is the job's timeout; a file the
+    guest does not have or that is over its cap is the build's doing; an unknown image is
+    a setup error; everything else (transport lost, guest gone, host key) is ours.
+    """
+    if remaining_s <= 0.5:
+        # The command hit the job's deadline a moment before the deadline timer did.
+        cancel.cancel("timeout")
+    if cancel.is_set():
+        return Cancelled(cancel.reason or "cancelled")
+    if isinstance(exc, CommandTimeout):
+        return Cancelled("timeout")
+    if isinstance(exc, CommandCancelled):
+        return Cancelled("cancelled")
+    if isinstance(exc, (FileTooLarge, GuestFileError)):
+        return BuildFailed(str(exc))
+    if isinstance(exc, (UnknownImage, ImageConfigError, UnsupportedOperation)):
+        return SetupError(str(exc))
+    return InfraError(f"lost the guest while {what}: {exc}")
 
 
 def home_path(home: str, path: str) -> str:

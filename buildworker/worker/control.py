@@ -41,6 +41,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -139,9 +140,10 @@ class JobHandle:
         with self._lock:
             self._sessions.discard(session)
 
-    def end(self, status: str, message: str | None = None) -> None:
+    def end(self, status: str, message: str | None = None, *, wait_s: float = 0.0) -> None:
         """The build is over: close every session (showing ``message``), end the tails, and
-        leave the registry. Idempotent; call it before the VM is destroyed."""
+        leave the registry. Idempotent; call it before the VM is destroyed, with ``wait_s``
+        to give open sessions that long to show the message and leave first."""
         with self._lock:
             if self._ended.is_set():
                 return
@@ -152,6 +154,9 @@ class JobHandle:
         for session in sessions:
             session.wake()
         self._server._forget(self)
+        give_up = time.monotonic() + wait_s
+        while sessions and self.sessions and time.monotonic() < give_up:
+            time.sleep(0.05)
 
 
 class ControlServer:

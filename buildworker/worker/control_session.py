@@ -248,6 +248,9 @@ class Session:
                         for frame in self._receive(0):
                             self._from_client(chan, frame, pty)
                     elif key.data == "guest" and not self._from_guest(chan):
+                        if handle.ended:  # the VM went because the job ended: say why
+                            self._say(handle.end_message or ended_notice(handle.job_id, "ended"))
+                            return ENDED_STATUS
                         chan.status_event.wait(5.0)
                         return chan.exit_status if chan.exit_status_ready() else ENDED_STATUS
                     elif key.data == "wake":

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from buildworker.config import Config
+from buildworker.contract import ClaimAnswer
 from buildworker.manifest import ManifestError, parse_manifest
 from buildworker.ssh.texts import connect_command
 from buildworker.worker.apiclient import ApiError, Conflict, InternalApi, NotFound, Unauthorized
@@ -221,6 +222,7 @@ class Daemon:
             if time.monotonic() >= deadline:
                 self._log.warning("drain_timeout", running=list(self._running))
                 break
+            self._end_holds()
             tick()
             self._stop_now.wait(0.2)
         for running in self._snapshot():
@@ -233,6 +235,13 @@ class Daemon:
             self._consumer.stop()
         self._log.info("worker_stopped", jobs_done=self.jobs_done)
         return EXIT_KILLED if self._stop_now.is_set() else EXIT_OK
+
+    def _end_holds(self) -> None:
+        """A drain does not wait for SSH sessions: a VM kept for them (a standby, whose job
+        is finished, or ``shell: true`` after its tasks) ends now, its sessions told why."""
+        for running in self._snapshot():
+            if running.holder is not None and running.holder.holding:
+                running.cancel.cancel("drain")
 
     def _has_running(self) -> bool:
         with self._lock:
@@ -301,7 +310,7 @@ class Daemon:
         finally:
             self._free_slot()
 
-    def _build(self, job_id: int, attempt: int, claim: dict[str, Any], log: Any) -> None:
+    def _build(self, job_id: int, attempt: int, claim: ClaimAnswer, log: Any) -> None:
         cancel = CancelToken()
         running = _Running(job_id, attempt, cancel, threading.current_thread())
         image, arch = self._labels(claim)
@@ -310,7 +319,7 @@ class Daemon:
         with self._lock:
             self._running[job_id] = running
         self.metrics.build_started(image, arch)
-        wait_s = _queue_wait(claim.get("queued_at"))
+        wait_s = _queue_wait(claim.queued_at)
         if wait_s is not None:
             self.metrics.queue_wait.labels(image=image, arch=arch).observe(wait_s)
         heartbeat = threading.Thread(
@@ -376,12 +385,11 @@ class Daemon:
         with self._lock:
             self.jobs_done += 1
 
-    def _ssh_access(self, running: _Running, claim: dict[str, Any], log: Any) -> SshAccess | None:
+    def _ssh_access(self, running: _Running, claim: ClaimAnswer, log: Any) -> SshAccess | None:
         """Register the build with the control server (SSH `connect` and `tail`)."""
         if self._control is None:
             return None
-        timeout = claim.get("timeout_seconds")
-        timeout_s = float(timeout) if timeout else self._config.worker.timeout
+        timeout_s = claim.timeout_seconds or self._config.worker.timeout
         holder = SessionHolder(time.time() + timeout_s, running.cancel)
         try:
             handle = self._control.register(
@@ -424,15 +432,14 @@ class Daemon:
             running = list(self._running.values())
         return sum(1 for r in running if r.holder is not None and r.holder.holding)
 
-    def _labels(self, claim: dict[str, Any]) -> tuple[str, str]:
+    def _labels(self, claim: ClaimAnswer) -> tuple[str, str]:
         """The (image, arch) metric labels of a claim: the image the catalogue resolves it
         to (an alias counts under its release), else what the job asked for."""
-        image = str(claim.get("image") or "unknown")
-        arch = claim.get("arch")
+        image, arch = claim.image or "unknown", claim.arch
         try:
-            resolved = self._catalogue.resolve(image, str(arch) if arch else None)
+            resolved = self._catalogue.resolve(image, arch or None)
         except Exception:  # an unknown image: the build fails in setup and says why
-            return image, str(arch or "default")
+            return image, arch or "default"
         return resolved.name, resolved.arch
 
     def _record(self, result: BuildResult, image: str, arch: str) -> None:
@@ -453,18 +460,17 @@ class Daemon:
         if result.infrastructure:
             m.infra_failures.labels(reason=result.infra_reason or "other").inc()
 
-    def _spec_from_claim(self, job_id: int, attempt: int, claim: dict[str, Any]) -> JobSpec:
-        manifest = parse_manifest(str(claim.get("manifest") or ""))
-        secrets = tuple(SecretMaterial.from_claim(item) for item in claim.get("secrets") or [])
-        timeout = claim.get("timeout_seconds")
+    def _spec_from_claim(self, job_id: int, attempt: int, claim: ClaimAnswer) -> JobSpec:
+        manifest = parse_manifest(claim.manifest)
+        secrets = tuple(SecretMaterial.from_claim(item) for item in claim.secrets)
         return JobSpec(
             job_id=job_id,
             attempt=attempt,
             manifest=manifest,
             secrets=secrets,
-            job_url=str(claim.get("job_url") or ""),
-            owner=str(claim.get("owner") or ""),
-            timeout_s=float(timeout) if timeout else self._config.worker.timeout,
+            job_url=claim.job_url,
+            owner=claim.owner,
+            timeout_s=claim.timeout_seconds or self._config.worker.timeout,
         )
 
     def _heartbeat(self, running: _Running, log: Any) -> None:

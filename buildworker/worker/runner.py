@@ -8,7 +8,6 @@ and reports the returned :class:`BuildResult` (``finish``) after the VM is gone,
 
 from __future__ import annotations
 
-import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -140,6 +139,8 @@ class BuildRunner:
         log: structlog.typing.FilteringBoundLogger,
         access: SshAccess | None = None,
     ) -> BuildResult:
+        """The phases of one build: boot and steps (each outcome mapped to a result once),
+        the hold for SSH sessions, then teardown in ``finally`` (always), then the record."""
         logs = LogStreamer(
             reporter,
             needles,
@@ -155,94 +156,118 @@ class BuildRunner:
 
         for name in needles.too_short:
             say(f"Warning: secret {name} is too short to be masked in logs")
-        started = time.monotonic()
-        deadline = started + spec.timeout_s
+        state = _BuildState(started=time.monotonic())
         timer = threading.Timer(spec.timeout_s, cancel.cancel, args=("timeout",))
         timer.daemon = True
         timer.start()
-        guest: BootedGuest | None = None
-        conn: GuestSession | None = None
-        ctx: BuildContext | None = None
-        result: BuildResult
-        times: _BootTimes | None = None
-        infra_reason: str | None = None
-        held = False
-        end_message: str | None = None
+        result = BuildResult("failed", "the build did not start")
         try:
-            try:
+            result = self._boot_and_steps(spec, reporter, cancel, logs, say, log, access, state)
+            if access is not None and state.ctx is not None and self._may_hold(spec, result):
+                state.held = True
                 try:
-                    image = self._catalogue.resolve(spec.manifest.image, spec.manifest.arch)
-                except Exception as exc:
-                    raise SetupError(str(exc)) from exc
-                guest, conn, times = self._boot(spec, image, cancel, deadline, say, log)
-                ready_at = time.monotonic()
-                if access is not None:
-                    access.handle.attach_guest(conn)  # type: ignore[arg-type]
-                ctx = BuildContext(
-                    spec=spec,
-                    image=image,
-                    conn=conn,
-                    logs=logs,
-                    reporter=reporter,
-                    cancel=cancel,
-                    deadline=deadline,
-                    max_artifact_bytes=self._settings.max_artifact_bytes,
-                    log=log,
-                    on_first_task=None if access is None else access.handle.finish_setup,
-                )
-                pipeline.run_steps(ctx)
-                result = BuildResult("success")
-            except SetupError as exc:
-                say(f"Error: {exc}")
-                result = BuildResult("failed", str(exc), setup_error=True)
-            except BuildFailed as exc:
-                result = BuildResult("failed", str(exc))
-            except Cancelled as exc:
-                say(_STOP_LINES.get(exc.reason, f"Build stopped ({exc.reason})."))
-                result = BuildResult(exc.reason, str(exc))
-            except InfraError as exc:
-                reason = cancel.reason
-                if reason is not None:  # the guest went away because we stopped it
-                    result = BuildResult(reason, f"build {reason}")
-                else:
-                    say(f"Error: {exc}")
-                    infra_reason = _infra_reason(exc)
-                    result = BuildResult(
-                        "failed",
-                        str(exc),
-                        infrastructure=True,
-                        setup_error=isinstance(exc, BootError),
-                    )
-            except Exception as exc:  # a bug of ours: report it as such, never crash the slot
-                log.exception("build_crashed")
-                infra_reason = "other"
-                say(f"Error: internal error in the worker: {type(exc).__name__}: {exc}")
-                result = BuildResult("failed", f"internal error: {exc}", infrastructure=True)
-            if access is not None and ctx is not None and self._may_hold(spec, result):
-                held = True
-                try:
-                    result, end_message = self._hold(spec, result, access, logs, say, log)
+                    result, state.end_message = self._hold(spec, result, access, logs, say, log)
                 except Exception:  # a bug of ours in the hold: the build's result stands
                     log.exception("hold_crashed")
         finally:
             timer.cancel()
             if access is not None:
                 # Sessions see why they end, tails see the end, before the VM goes.
-                access.handle.end(result.status if held else "stopped", end_message)
-            self._teardown(guest, conn, log)
+                access.handle.end(
+                    result.status if state.held else "stopped", state.end_message, wait_s=3.0
+                )
+            self._teardown(state.guest, state.conn, log)
+        return self._record(spec, result, state, logs, say, log)
+
+    def _boot_and_steps(
+        self,
+        spec: JobSpec,
+        reporter: Reporter,
+        cancel: CancelToken,
+        logs: LogStreamer,
+        say: Callable[[str], None],
+        log: structlog.typing.FilteringBoundLogger,
+        access: SshAccess | None,
+        state: _BuildState,
+    ) -> BuildResult:
+        """Resolve, boot and settle, run the steps; every way this ends is mapped to a
+        result here (the guest layer's errors were mapped to these by `BuildContext`)."""
+        deadline = state.started + spec.timeout_s
+        try:
+            try:
+                image = self._catalogue.resolve(spec.manifest.image, spec.manifest.arch)
+            except Exception as exc:  # the catalogue's own errors: the image is unusable
+                raise SetupError(str(exc)) from exc
+            state.guest, state.conn, state.times = self._boot(
+                spec, image, cancel, deadline, say, log
+            )
+            state.ready_at = time.monotonic()
+            if access is not None:
+                access.handle.attach_guest(state.conn)  # type: ignore[arg-type]
+            state.ctx = BuildContext(
+                spec=spec,
+                image=image,
+                conn=state.conn,
+                logs=logs,
+                reporter=reporter,
+                cancel=cancel,
+                deadline=deadline,
+                max_artifact_bytes=self._settings.max_artifact_bytes,
+                log=log,
+                on_first_task=None if access is None else access.handle.finish_setup,
+            )
+            pipeline.run_steps(state.ctx)
+            return BuildResult("success")
+        except SetupError as exc:
+            say(f"Error: {exc}")
+            return BuildResult("failed", str(exc), setup_error=True)
+        except BuildFailed as exc:
+            return BuildResult("failed", str(exc))
+        except Cancelled as exc:
+            say(_STOP_LINES.get(exc.reason, f"Build stopped ({exc.reason})."))
+            return BuildResult(exc.reason, str(exc))
+        except InfraError as exc:
+            reason = cancel.reason
+            if reason is not None:  # the guest went away because we stopped it
+                return BuildResult(reason, f"build {reason}")
+            say(f"Error: {exc}")
+            state.infra_reason = _infra_reason(exc)
+            return BuildResult(
+                "failed", str(exc), infrastructure=True, setup_error=isinstance(exc, BootError)
+            )
+        except Exception as exc:
+            # The outermost edge of the build: anything else is a bug of ours. Report it as
+            # one (an infrastructure failure, so the job is retried) and keep the slot.
+            log.exception("build_crashed")
+            state.infra_reason = "other"
+            say(f"Error: internal error in the worker: {type(exc).__name__}: {exc}")
+            return BuildResult("failed", f"internal error: {exc}", infrastructure=True)
+
+    def _record(
+        self,
+        spec: JobSpec,
+        result: BuildResult,
+        state: _BuildState,
+        logs: LogStreamer,
+        say: Callable[[str], None],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> BuildResult:
+        """After teardown: settle the task statuses, end the setup log, and return the
+        result with what was measured."""
+        ctx, times = state.ctx, state.times
         setup_s: float | None = None
         timings: tuple[tuple[str, float], ...] = ()
+        statuses: dict[str, str] = {}
+        first: float | None = None
         if ctx is not None:
             self._settle_task_statuses(ctx, result)
             statuses = dict(ctx.task_statuses)
             first = ctx.first_task_byte_at
             timings = tuple(ctx.task_timings)
             if ctx.first_task_started_at is not None:
-                setup_s = ctx.first_task_started_at - ready_at
+                setup_s = ctx.first_task_started_at - state.ready_at
             elif result.status == "success":  # a manifest with no tasks: setup was all of it
-                setup_s = time.monotonic() - ready_at
-        else:
-            statuses, first = {}, None
+                setup_s = time.monotonic() - state.ready_at
         if not result.reported:  # a standby's log already said it, before the window
             say(f"Build {result.status}." if result.status != "success" else "Build complete.")
         logs.close()
@@ -250,7 +275,7 @@ class BuildRunner:
             "build_finished",
             status=result.status,
             reason=result.reason,
-            duration_s=round(time.monotonic() - started, 3),
+            duration_s=round(time.monotonic() - state.started, 3),
         )
         return replace(
             result,
@@ -261,9 +286,9 @@ class BuildRunner:
             boot_retries=0 if times is None else times.retries,
             setup_s=setup_s,
             task_timings=timings,
-            infra_reason=infra_reason,
-            held=held,
-            first_task_byte_s=None if first is None else first - started,
+            infra_reason=state.infra_reason,
+            held=state.held,
+            first_task_byte_s=None if first is None else first - state.started,
             failed_chunks=logs.failed_chunks,
         )
 
@@ -362,18 +387,18 @@ class BuildRunner:
                 stage = "settle"
                 say("Waiting for guest to settle")
                 budget = min(self._settings.settle_timeout_s, max(0.0, deadline - time.monotonic()))
-                conn = self._wait_ready(guest, budget, cancel, log)
+                conn = guest.wait_ready(budget, cancel=cancel.event)
             except Cancelled:
                 if guest is not None:
                     self._teardown(guest, None, log)
                 raise
-            except Exception as exc:
+            except Exception as exc:  # libvirt's, the guest layer's: this VM is no good
+                if guest is not None:
+                    self._teardown(guest, None, log)
+                cancel.raise_if_set()  # stopped while booting: that stop, not a boot failure
                 last = exc
                 log.warning("boot_failed", try_no=try_no, stage=stage, error=str(exc))
                 say(f"Error: the VM did not boot or settle: {exc}")
-                if guest is not None:
-                    self._teardown(guest, None, log)
-                cancel.raise_if_set()
                 if try_no < self._settings.boot_attempts:
                     say("Retrying on a fresh VM")
                 continue
@@ -382,42 +407,6 @@ class BuildRunner:
             log.info("guest_ready", domain=guest.domain_name, boot_s=round(t2 - t0, 3))
             return guest, conn, _BootTimes(t2 - t0, t1 - t0, t2 - t1, try_no - 1)
         raise BootError(f"the VM failed to boot or settle: {last}", stage=stage)
-
-    def _wait_ready(
-        self,
-        guest: BootedGuest,
-        budget_s: float,
-        cancel: CancelToken,
-        log: structlog.typing.FilteringBoundLogger,
-    ) -> GuestSession:
-        """``guest.wait_ready`` that a cancel interrupts within a fraction of a second:
-        the wait runs in a helper thread; on cancel the VM is destroyed, which ends it."""
-        box: dict[str, Any] = {}
-
-        def wait() -> None:
-            try:
-                box["conn"] = guest.wait_ready(budget_s)
-            except BaseException as exc:  # handed over to the caller's thread
-                box["error"] = exc
-
-        # In a copy of this thread's context: the guest layer's events there carry the job.
-        context = contextvars.copy_context()
-        waiter = threading.Thread(target=context.run, args=(wait,), name="settle", daemon=True)
-        waiter.start()
-        while waiter.is_alive():
-            if cancel.event.wait(0.1):
-                self._teardown(guest, None, log)
-                waiter.join(30)
-                conn = box.get("conn")
-                if conn is not None:
-                    self._teardown(None, conn, log)
-                cancel.raise_if_set()
-            waiter.join(0)
-        if "error" in box:
-            raise box["error"]
-        conn = box["conn"]
-        assert conn is not None
-        return conn
 
     @staticmethod
     def _teardown(
@@ -448,6 +437,21 @@ class BuildRunner:
                     ctx.set_task_status(name, "failed")
                 except Exception as exc:
                     ctx.log.warning("task_status_failed", task=name, error=str(exc))
+
+
+@dataclass
+class _BuildState:
+    """What one build has so far: what teardown must undo and what the record reports."""
+
+    started: float
+    guest: BootedGuest | None = None
+    conn: GuestSession | None = None
+    ctx: BuildContext | None = None
+    times: _BootTimes | None = None
+    ready_at: float = 0.0
+    infra_reason: str | None = None
+    held: bool = False
+    end_message: str | None = None
 
 
 @dataclass(frozen=True)

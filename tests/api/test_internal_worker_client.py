@@ -57,7 +57,7 @@ def test_the_worker_client_plays_a_whole_job_against_the_api(
         api.register("host1", [{"image": "debian/bookworm", "arches": ["amd64"]}])
         job_id = user.post("/api/jobs", json={"manifest": MANIFEST}).json()["id"]
         claimed = api.claim(job_id, "host1", 1)
-        assert claimed["manifest"] == MANIFEST and claimed["secrets"] == []
+        assert claimed.manifest == MANIFEST and claimed.secrets == []
         # A redelivered message's claim is refused as a Conflict the worker dead-letters
         with pytest.raises(Conflict):
             api.claim(job_id, "host2", 1)

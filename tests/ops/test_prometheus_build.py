@@ -48,6 +48,8 @@ PROCESS_EVENTS = {
     "hypervisor.reaped",
     "reaped_leftover_vms",
     "egress.dead_owners_removed",
+    "control.listening",
+    "ssh_access_off",
 }
 
 

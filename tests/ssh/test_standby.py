@@ -304,3 +304,28 @@ def test_a_cancel_during_a_shell_session_ends_it_with_a_message(
     assert farm.wait(job_id, timeout=60) == "cancelled"
     farm.wait_idle(timeout=30)
     assert farm.domains() == []
+
+
+def test_a_drain_ends_a_standby_session_with_a_message_and_the_job_stays_failed(
+    make_farm: Callable[..., Farm],
+) -> None:
+    farm = make_farm(standby=300.0)
+    job_id = farm.submit(FAILING)
+    farm.wait(job_id, ("failed",))
+    child = farm.point.spawn("alice", f"connect {job_id}")
+    child.expect(re.escape(f"Connected to build job #{job_id} (failed)"))
+    child.sendline("echo IN-$((1+1))")
+    child.expect("IN-2")
+    # When the worker drains (what SIGTERM does), it does not wait for the session
+    drained_at = time.monotonic()
+    farm.daemon.drain()
+    child.expect(re.escape("The build worker is shutting down."), timeout=60)
+    child.expect(pexpect.EOF, timeout=30)
+    farm.thread.join(60)
+    print(
+        f"drain with a standby session open → worker stopped: {time.monotonic() - drained_at:.2f} s"
+    )
+    assert not farm.thread.is_alive()
+    # Then the VM is gone and the finished job was not put back in the queue
+    assert farm.domains() == []
+    assert farm.status(job_id) == "failed"

@@ -31,7 +31,7 @@ def test_a_whole_attempt_reported_through_the_client(live_api: LiveApi) -> None:
     api = InternalApi(live_api.url, WORKER_TOKEN)
     # When the worker claims it and reports everything
     claim = api.claim(job_id, "test-worker", 1)
-    assert claim["manifest"] == MANIFEST and claim["secrets"] == []
+    assert claim.manifest == MANIFEST and claim.secrets == []
     assert api.heartbeat(job_id, 1) is False
     reporter = ApiReporter(api, job_id, 1)
     streamer = LogStreamer(reporter, NeedleSet(), flush_interval_s=0.05).start()

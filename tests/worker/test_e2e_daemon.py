@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -241,6 +242,46 @@ def test_failure_cancel_and_timeout_end_with_the_right_statuses(stack_factory: A
     job = stack.wait(slow, timeout=200)
     assert job["status"] == "timeout"
     assert b"Build timed out." in stack.log(slow)
+
+
+def test_a_guest_destroyed_mid_task_is_an_infrastructure_failure_and_the_job_runs_again(
+    stack_factory: Any,
+) -> None:
+    stack: Stack = stack_factory()
+    live = stack.live
+    job_id = live.submit(
+        "image: debian/bookworm\ntasks:\n  - wait: |\n      echo started\n      sleep 15\n"
+        "      echo finished-after-sleep\n"
+    )
+    daemon = stack.start_daemon()
+    stack.wait_log(job_id, b"started", task="wait")
+    # When the VM is destroyed from outside while the task runs (not by the build)
+    listing = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    (domain,) = [name for name in listing if name.endswith(f"-{job_id}-1")]
+    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", domain], check=True, timeout=60)
+    # Then the attempt ends as an infrastructure failure (never "cancelled" or a task
+    # failure), the API requeues the job, and the second attempt, on a fresh VM, succeeds
+    job = stack.wait(job_id, timeout=300)
+    assert job["status"] == "success", stack.log(job_id)[-2000:]
+    from buildworker.db.models import Job
+
+    with live.app.state.sessionmaker() as session:
+        row = session.get(Job, job_id)
+        assert row is not None and row.attempt == 2
+    assert b"finished-after-sleep" in stack.log(job_id, "wait")
+    infra = daemon.metrics.registry.get_sample_value(
+        "buildworker_infra_failures_total", {"reason": "ssh"}
+    )
+    assert infra == 1.0
+    finished = daemon.metrics.registry.get_sample_value(
+        "buildworker_jobs_finished_total", {"status": "success"}
+    )
+    assert finished == 1.0
 
 
 def test_a_task_flooding_its_log_leaves_the_setup_log_its_end_and_the_job_its_status(

@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+from buildworker.contract import ClaimedSecret
 from buildworker.manifest import parse_manifest, parse_source
 from buildworker.worker.backoff import compute_backoff
 from buildworker.worker.context import JobSpec, SecretMaterial, home_path
@@ -117,13 +118,20 @@ def test_secret_from_claim_decodes_and_names_bad_fields() -> None:
         "path": "~/t",
         "mode": 0o640,
     }
-    secret = SecretMaterial.from_claim(item)
+    secret = SecretMaterial.from_claim(ClaimedSecret.model_validate(item))
     assert (secret.data, secret.mode) == (b"s3cret", 0o640)
     assert "s3cret" not in repr(secret)
     with pytest.raises(ValueError, match=r"secrets\.type"):
-        SecretMaterial.from_claim({**item, "type": "env"})
+        SecretMaterial.from_claim(ClaimedSecret.model_validate({**item, "type": "env"}))
     with pytest.raises(ValueError, match=r"secrets\.data_b64"):
-        SecretMaterial.from_claim({**item, "data_b64": "***"})
+        SecretMaterial.from_claim(ClaimedSecret.model_validate({**item, "data_b64": "***"}))
+    with pytest.raises(ValueError, match=r"secrets\.mode"):
+        SecretMaterial.from_claim(ClaimedSecret.model_validate({**item, "mode": "rw"}))
+    # an octal string, as some API versions sent it
+    assert (
+        SecretMaterial.from_claim(ClaimedSecret.model_validate({**item, "mode": "640"})).mode
+        == 0o640
+    )
 
 
 def test_guest_paths() -> None:

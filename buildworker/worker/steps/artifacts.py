@@ -24,9 +24,8 @@ def run(ctx: BuildContext) -> None:
         full = guest_path(ctx.home, path)
         with tempfile.SpooledTemporaryFile(max_size=8 * 1024**2) as spool:
             try:
-                size = ctx.conn.download(full, cast(BinaryIO, spool), ctx.max_artifact_bytes)
-            except Exception as exc:
-                ctx.cancel.raise_if_set()
+                size = ctx.download(full, cast(BinaryIO, spool), ctx.max_artifact_bytes)
+            except BuildFailed as exc:  # missing or too large; the rest is not the build's
                 ctx.say(f"Error: could not copy artifact {path}: {exc}")
                 if "~" in path:
                     ctx.say("You probably need to remove ~/ from the artifact path.")

@@ -15,4 +15,4 @@ def run(ctx: BuildContext) -> None:
         **ctx.spec.extra_env,
     }
     text = render_buildenv(ctx.manifest.environment, extra)
-    ctx.conn.upload(f"{ctx.home.rstrip('/')}/.buildenv", text.encode(), 0o755)
+    ctx.upload(f"{ctx.home.rstrip('/')}/.buildenv", text.encode(), 0o755)

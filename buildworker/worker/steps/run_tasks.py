@@ -54,13 +54,7 @@ def statuses_after(names: Sequence[str], outcomes: Sequence[TaskOutcome]) -> dic
 def _complete_build_requested(ctx: BuildContext) -> bool:
     sink = bytearray()
     path = f"{ctx.home.rstrip('/')}/{COMPLETE_BUILD_FILE}"
-    status = ctx.conn.run(
-        f"cat {shlex.quote(path)} 2>/dev/null || true",
-        pty=False,
-        on_output=sink.extend,
-        timeout=max(ctx.remaining(), 1.0),
-        cancel=ctx.cancel.event,
-    )
+    status = ctx.run(f"cat {shlex.quote(path)} 2>/dev/null || true", on_output=sink.extend)
     return status == 0 and bytes(sink).strip() == b"1"
 
 

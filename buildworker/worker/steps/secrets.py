@@ -41,14 +41,14 @@ def run(ctx: BuildContext) -> None:
             if ctx.run(f"mkdir -p {home}/.ssh && chmod 700 {home}/.ssh") != 0:
                 raise BuildFailed("could not create ~/.ssh in the guest")
             data = secret.data if secret.data.endswith(b"\n") else secret.data + b"\n"
-            ctx.conn.upload(f"{home}/.ssh/{label}", data, 0o600)
+            ctx.upload(f"{home}/.ssh/{label}", data, 0o600)
             if first_ssh_key:
                 first_ssh_key = False
                 if label != "id_rsa":
                     ctx.run(f"ln -sf {shlex.quote(label)} {home}/.ssh/id_rsa")
         elif secret.type == "pgp_key":
             staged = STAGING + secret.uuid
-            ctx.conn.upload(staged, secret.data, 0o600)
+            ctx.upload(staged, secret.data, 0o600)
             status = ctx.run(
                 f"exec 2>&1; gpg --batch --import {staged}; s=$?; rm -f {staged}; exit $s"
             )
@@ -60,7 +60,7 @@ def run(ctx: BuildContext) -> None:
             staged = STAGING + secret.uuid
             target = home_path(ctx.home, secret.path)
             mode = f"{secret.mode if secret.mode is not None else 0o600:o}"
-            ctx.conn.upload(staged, secret.data, 0o600)
+            ctx.upload(staged, secret.data, 0o600)
             status = ctx.run(
                 f'exec 2>&1; mkdir -p "$(dirname {target})" && mv -f {staged} {target}'
                 f" && chmod {mode} {target}"
