@@ -21,8 +21,6 @@ sent: a worker would only be refused at claim.
 from __future__ import annotations
 
 import contextlib
-import random
-from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -31,6 +29,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from buildworker.backoff import BROKER_RECONNECT_START_S, compute_backoff
 from buildworker.db.models import Job, Outbox, utcnow
 from buildworker.jobstate import JobStatus
 from buildworker.queue import (
@@ -44,21 +43,12 @@ from buildworker.queue import (
 )
 from buildworker.service import ServiceThread
 
-__all__ = ["OutboxPublisher", "backoff_delay"]
+__all__ = ["OutboxPublisher"]
 
 #: Rows taken per transaction; bounds the work redone after a crash mid-batch.
 BATCH_SIZE = 100
-#: First wait after a failed connection, in seconds; doubles up to the configured cap.
-BACKOFF_START_S = 0.5
 
 _log = structlog.get_logger(__name__)
-
-
-def backoff_delay(failures: int, cap_s: float, rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after ``failures`` consecutive failures (1, 2, ...): doubling from
-    `BACKOFF_START_S`, capped at ``cap_s``, with up to 25% jitter taken off."""
-    base = min(cap_s, BACKOFF_START_S * 2 ** max(0, failures - 1))
-    return base * (1 - 0.25 * rand())
 
 
 class OutboxPublisher(ServiceThread):
@@ -113,7 +103,9 @@ class OutboxPublisher(ServiceThread):
                         connection.process_data_events(time_limit=self._poll_s)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 failures += 1
-                delay = backoff_delay(failures, self._reconnect_max_s)
+                delay = compute_backoff(
+                    failures - 1, base_s=BROKER_RECONNECT_START_S, max_s=self._reconnect_max_s
+                )
                 _log.warning(
                     "publisher.broker_unavailable",
                     error=f"{type(exc).__name__}: {exc}",
@@ -125,7 +117,10 @@ class OutboxPublisher(ServiceThread):
                 # or nothing would be published until the API restarts.
                 failures += 1
                 _log.exception("publisher.error")
-                self._stop.wait(backoff_delay(failures, self._reconnect_max_s))
+                delay = compute_backoff(
+                    failures - 1, base_s=BROKER_RECONNECT_START_S, max_s=self._reconnect_max_s
+                )
+                self._stop.wait(delay)
             finally:
                 self._declared.clear()
                 if connection is not None and connection.is_open:

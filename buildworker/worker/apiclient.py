@@ -17,7 +17,7 @@ from typing import IO, Any
 import httpx
 import structlog
 
-from buildworker.worker.backoff import compute_backoff
+from buildworker.backoff import compute_backoff
 from buildworker.worker.errors import InfraError
 from buildworker.worker.logs import SETUP_LOG
 

@@ -25,6 +25,7 @@ import pika
 import pika.exceptions
 import structlog
 
+from buildworker.backoff import BROKER_RECONNECT_START_S, compute_backoff
 from buildworker.queue import (
     DEAD_EXCHANGE,
     DEAD_QUEUE,
@@ -35,7 +36,6 @@ from buildworker.queue import (
     queue_name,
     routing_key,
 )
-from buildworker.worker.backoff import compute_backoff
 
 __all__ = ["Consumer", "Delivery"]
 
@@ -157,7 +157,9 @@ class Consumer:
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self.connected.clear()
                 self._drop_connection()
-                delay = compute_backoff(failures, base_s=0.5, max_s=self._reconnect_max_s)
+                delay = compute_backoff(
+                    failures, base_s=BROKER_RECONNECT_START_S, max_s=self._reconnect_max_s
+                )
                 failures += 1
                 self.reconnects += 1
                 self._log.warning("amqp_connection_lost", error=repr(exc), retry_in_s=delay)

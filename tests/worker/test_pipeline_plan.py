@@ -7,7 +7,6 @@ import base64
 import pytest
 
 from buildworker.manifest import parse_manifest, parse_source
-from buildworker.worker.backoff import compute_backoff
 from buildworker.worker.context import JobSpec, SecretMaterial, home_path
 from buildworker.worker.errors import BuildFailed
 from buildworker.worker.pipeline import STEPS, plan
@@ -132,14 +131,6 @@ def test_guest_paths() -> None:
     assert home_path("/home/build", "/etc/x") == "/etc/x"
     assert guest_path("/home/build", "out/a.txt") == "/home/build/out/a.txt"
     assert guest_path("/home/build", "/tmp/a") == "/tmp/a"
-
-
-def test_backoff_grows_caps_and_jitters_down() -> None:
-    delays = [compute_backoff(n, base_s=1, max_s=8, rand=lambda: 0.0) for n in range(6)]
-    assert delays == [1, 2, 4, 8, 8, 8]
-    assert compute_backoff(3, base_s=1, max_s=8, jitter=0.5, rand=lambda: 1.0) == 4
-    with pytest.raises(ValueError, match="attempt"):
-        compute_backoff(-1)
 
 
 def test_task_files_travel_as_one_archive_with_the_preamble() -> None:
