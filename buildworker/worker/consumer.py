@@ -29,12 +29,10 @@ from buildworker.backoff import BROKER_RECONNECT_START_S, compute_backoff
 from buildworker.queue import (
     DEAD_EXCHANGE,
     DEAD_QUEUE,
-    JOBS_EXCHANGE,
     REASON_HEADER,
     JobMessage,
-    queue_arguments,
+    declare_topology,
     queue_name,
-    routing_key,
 )
 
 __all__ = ["Consumer", "Delivery"]
@@ -172,14 +170,7 @@ class Consumer:
         params.socket_timeout = 10
         connection = pika.BlockingConnection(params)
         channel = connection.channel()
-        channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
-        channel.queue_declare(DEAD_QUEUE, durable=True)
-        channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE)
-        channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
-        for image, arch in self._routes:
-            queue = queue_name(image, arch)
-            channel.queue_declare(queue, durable=True, arguments=queue_arguments())
-            channel.queue_bind(queue, JOBS_EXCHANGE, routing_key=routing_key(image, arch))
+        declare_topology(channel, self._routes)
         with self._lock:
             self._generation += 1
             self._unsettled.clear()
