@@ -24,8 +24,9 @@ from buildworker.api.errors import ApiError
 from buildworker.api.pagination import paginate
 from buildworker.api.serialize import format_time
 from buildworker.db.models import Secret, User
+from buildworker.secret_types import SECRET_TYPES
 
-__all__ = ["SECRET_TYPES", "decrypt_secret", "router", "secret_dict"]
+__all__ = ["decrypt_secret", "router", "secret_dict"]
 
 log = structlog.get_logger()
 router = APIRouter(prefix="/api", tags=["secrets"])
@@ -34,7 +35,6 @@ ReadUser = Annotated[User, Depends(current_user("secrets:read"))]
 WriteUser = Annotated[User, Depends(current_user("secrets:write"))]
 Body = Annotated[dict[str, Any], Depends(read_body)]
 
-SECRET_TYPES = ("ssh_key", "pgp_key", "plaintext_file")
 #: Largest secret accepted, as builds.sr.ht's `secret` column.
 MAX_SECRET_SIZE = 16384
 MAX_PATH = 512

@@ -13,7 +13,8 @@ from types import FrameType
 from buildworker.config import load_config
 from buildworker.log import configure_logging
 from buildworker.manifest import ManifestError, parse_manifest
-from buildworker.worker.context import SECRET_TYPES, CancelToken, JobSpec, SecretMaterial
+from buildworker.secret_types import SECRET_TYPES
+from buildworker.worker.context import CancelToken, JobSpec, SecretMaterial
 from buildworker.worker.report import TerminalReporter
 from buildworker.worker.runner import BuildRunner, RunnerSettings
 

@@ -13,12 +13,12 @@ from typing import IO, Any, Protocol
 import structlog
 
 from buildworker.manifest import Manifest
+from buildworker.secret_types import SECRET_TYPES
 from buildworker.worker.errors import Cancelled, InfraError
 from buildworker.worker.interfaces import GuestSession, Image
 from buildworker.worker.logs import SETUP_LOG, ChunkSink, LogStream, LogStreamer, setup_line
 
 __all__ = [
-    "SECRET_TYPES",
     "BuildContext",
     "BuildResult",
     "CancelToken",
@@ -26,8 +26,6 @@ __all__ = [
     "Reporter",
     "SecretMaterial",
 ]
-
-SECRET_TYPES = ("ssh_key", "pgp_key", "plaintext_file")
 
 
 @dataclass(frozen=True)

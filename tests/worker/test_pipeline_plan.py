@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from buildworker.manifest import parse_manifest, parse_source
+from buildworker.secret_types import SECRET_TYPES
 from buildworker.worker.context import JobSpec, SecretMaterial, home_path
 from buildworker.worker.errors import BuildFailed
 from buildworker.worker.pipeline import STEPS, plan
@@ -123,6 +124,13 @@ def test_secret_from_claim_decodes_and_names_bad_fields() -> None:
         SecretMaterial.from_claim({**item, "type": "env"})
     with pytest.raises(ValueError, match=r"secrets\.data_b64"):
         SecretMaterial.from_claim({**item, "data_b64": "***"})
+
+
+@pytest.mark.parametrize("kind", SECRET_TYPES)
+def test_every_type_the_api_stores_is_accepted_from_a_claim(kind: str) -> None:
+    # One tuple for both sides: a type the API lets a user store never strands a build.
+    item = {"uuid": "u-1", "type": kind, "data_b64": base64.b64encode(b"x").decode()}
+    assert SecretMaterial.from_claim(item).type == kind
 
 
 def test_guest_paths() -> None:
