@@ -14,7 +14,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
-from buildworker.api import secrets as secrets_api
+from buildworker.api import secret_routes as secrets_api
 from buildworker.api.accounts import AccountError, create_token, list_tokens
 from buildworker.api.auth import KNOWN_SCOPES
 from buildworker.api.deps import SessionDep

@@ -1,5 +1,8 @@
 """The secrets API: create (`POST /api/secrets`), list metadata, delete.
 
+(Named ``secret_routes``, not ``secrets``, so it is never mistaken for the standard
+library's `secrets` that buildworker.api.auth imports for its tokens.)
+
 Secret material is encrypted with Fernet under `[api] secret-key` before it reaches the
 database and is never returned by the public API; only the internal claim of a job that
 holds the lease gets it back (buildworker.api.internal).
