@@ -36,11 +36,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from buildworker.api.crypto import SecretsDisabled
-from buildworker.api.deps import SessionDep
+from buildworker.api.deps import SessionDep, get_config
 from buildworker.api.errors import ApiError
 from buildworker.api.public import artifact_url, resolve_secret
 from buildworker.api.reaper import end_running, lease_deadline, requeue, settle_tasks
-from buildworker.config import Config
 from buildworker.db.models import TERMINAL_JOB_STATUSES, Artifact, Job, Task, Worker, utcnow
 from buildworker.db.transitions import reset_tasks, transition_job, update_job_while
 from buildworker.jobstate import (
@@ -71,7 +70,7 @@ _CLAIMED = frozenset({JobStatus.RUNNING, *TERMINAL_JOB_STATUSES})
 
 def require_worker(request: Request) -> None:
     """Dependency: the request carries the configured worker token; 401 otherwise."""
-    config: Config = request.app.state.config
+    config = get_config(request)
     expected = config.api.worker_token
     if not expected:
         raise ApiError.reason("the internal API is disabled: [api] worker-token is not set", 401)
@@ -137,11 +136,6 @@ OffsetQuery = Annotated[int, Query(ge=0, le=2**62)]
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def _config(request: Request) -> Config:
-    config: Config = request.app.state.config
-    return config
 
 
 def _store(request: Request) -> Store:
@@ -267,7 +261,7 @@ def _claim_refusal(job: Job, attempt: int) -> ApiError | None:
 
 @router.post("/jobs/{job_id}/claim")
 def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -> dict[str, Any]:
-    config = _config(request)
+    config = get_config(request)
     job = _job(session, job_id)
     refusal = _claim_refusal(job, body.attempt)
     if refusal is not None:
@@ -370,7 +364,7 @@ def _end_unclaimable(
 def heartbeat(
     request: Request, job_id: int, body: AttemptBody, session: SessionDep
 ) -> dict[str, Any]:
-    config = _config(request)
+    config = get_config(request)
     job = _job(session, job_id)
     if job.attempt == body.attempt and job.status == JobStatus.CANCELLED and job.runner is not None:
         return {"cancelled": True}  # cancelled while running: keep telling the worker
@@ -485,7 +479,7 @@ def _artifact_target(
     request: Request, job_id: int, attempt: int, path: str
 ) -> tuple[str, str, int]:
     """(storage key, name, max size) for an upload, after checking the job and the count."""
-    config = _config(request)
+    config = get_config(request)
     name = posixpath.basename(path.rstrip("/"))
     with request.app.state.sessionmaker() as session:
         job = _job(session, job_id)
@@ -520,7 +514,7 @@ def _record_artifact(
         session.commit()
         return {
             "name": name,
-            "url": artifact_url(_config(request).api.origin, artifact),
+            "url": artifact_url(get_config(request).api.origin, artifact),
             "size": size,
         }
 
@@ -557,7 +551,7 @@ async def upload_artifact(
 
 @router.post("/jobs/{job_id}/finish")
 def finish(request: Request, job_id: int, body: FinishBody, session: SessionDep) -> dict[str, Any]:
-    config = _config(request)
+    config = get_config(request)
     job = _job(session, job_id)
     if job.attempt == body.attempt and job.status in TERMINAL_JOB_STATUSES:
         return {}  # a retried finish, or the attempt already ended another way

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from buildworker.api.body import OPENAPI_FORM_OR_JSON, opt_str, read_body
 from buildworker.api.crypto import SecretBox, SecretsDisabled
-from buildworker.api.deps import SessionDep, current_user
+from buildworker.api.deps import SessionDep, current_user, get_config
 from buildworker.api.errors import ApiError
 from buildworker.api.pagination import paginate
 from buildworker.api.serialize import format_time
@@ -203,7 +203,7 @@ def create_secret(
 
 @router.get("/secrets", summary="List your secrets (metadata only, paginated)")
 def list_secrets(request: Request, user: ReadUser, session: SessionDep) -> dict[str, Any]:
-    config = request.app.state.config
+    config = get_config(request)
     return paginate(
         session,
         request,
