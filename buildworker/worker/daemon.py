@@ -29,7 +29,13 @@ import structlog
 from buildworker.config import Config
 from buildworker.manifest import ManifestError, parse_manifest
 from buildworker.ssh.texts import connect_command
-from buildworker.worker.apiclient import ApiError, Conflict, InternalApi, NotFound, Unauthorized
+from buildworker.worker.apiclient import (
+    Conflict,
+    InternalApi,
+    InternalApiError,
+    NotFound,
+    Unauthorized,
+)
 from buildworker.worker.consumer import Consumer, Delivery
 from buildworker.worker.context import BuildResult, CancelToken, JobSpec, SecretMaterial
 from buildworker.worker.control import ControlServer
@@ -287,7 +293,7 @@ class Daemon:
                 self._consumer.requeue(delivery)
                 self.stop_now()
                 return
-            except ApiError as exc:
+            except InternalApiError as exc:
                 log.warning("claim_failed", error=str(exc))
                 self._consumer.requeue(delivery)
                 self.metrics.deliveries.labels(outcome="requeue").inc()
@@ -348,7 +354,7 @@ class Daemon:
                 log.warning("job_abandoned", reason="the lease was lost")
                 return
             self._finish(running, result)
-        except ApiError as exc:
+        except InternalApiError as exc:
             log.error("report_failed", error=str(exc))
         finally:
             if access is not None:
@@ -398,7 +404,7 @@ class Daemon:
         def report_early(result: BuildResult) -> None:
             try:
                 self._finish(running, result)
-            except ApiError as exc:
+            except InternalApiError as exc:
                 log.error("report_failed", error=str(exc))
 
         return SshAccess(
@@ -482,7 +488,7 @@ class Daemon:
                 log.warning("lease_lost")
                 running.cancel.cancel("lease-lost")
                 return
-            except ApiError as exc:
+            except InternalApiError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
                 continue
             if cancelled:
