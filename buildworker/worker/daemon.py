@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from buildworker.config import Config
+from buildworker.exitcodes import EXIT_KILLED, EXIT_OK
 from buildworker.manifest import ManifestError, parse_manifest
 from buildworker.ssh.texts import connect_command
 from buildworker.worker.apiclient import (
@@ -47,11 +48,8 @@ from buildworker.worker.redact import NeedleSet
 from buildworker.worker.report import ApiReporter
 from buildworker.worker.runner import BuildRunner, RunnerSettings, SshAccess
 
-__all__ = ["EXIT_KILLED", "EXIT_OK", "Daemon", "routes_of"]
+__all__ = ["Daemon", "routes_of"]
 
-EXIT_OK = 0
-EXIT_UNAUTHORIZED = 3
-EXIT_KILLED = 4
 #: Seconds between heartbeats; a cancel is seen within this (plus the API round trip).
 HEARTBEAT_S = 1.0
 #: Cancel reasons that end in ``release`` (the job requeues) instead of ``finish``.

@@ -17,10 +17,11 @@ import pika.exceptions
 import pytest
 from worker_helpers import WORKER_TOKEN, LiveApi, api_config
 
+from buildworker.exitcodes import EXIT_OK
 from buildworker.guest.images import ImageCatalogue
 from buildworker.queue import DEAD_QUEUE, REASON_HEADER
 from buildworker.worker.apiclient import InternalApi
-from buildworker.worker.daemon import EXIT_OK, Daemon
+from buildworker.worker.daemon import Daemon
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 MANIFEST = "image: debian/bookworm\ntasks:\n  - build: echo hi\n"
