@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from buildworker.config import Config
-from buildworker.exitcodes import EXIT_KILLED, EXIT_OK
+from buildworker.exitcodes import EXIT_KILLED, EXIT_OK, EXIT_UNAUTHORIZED
 from buildworker.manifest import ManifestError, parse_manifest
 from buildworker.ssh.texts import connect_command
 from buildworker.worker.apiclient import (
@@ -128,6 +128,8 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._draining = threading.Event()
         self._stop_now = threading.Event()
+        #: set when the API refused the worker token: the stop it causes is not a kill
+        self._token_refused = threading.Event()
         self._consumer: Consumer | None = None
         self.jobs_done = 0
         self._log = structlog.get_logger().bind(worker=self._name)
@@ -205,7 +207,8 @@ class Daemon:
         on_tick: Callable[[], None] | None = None,
         on_drain: Callable[[], None] | None = None,
     ) -> int:
-        """Block until drained (or stopped); returns the exit code.
+        """Block until drained (or stopped); returns the exit code (`EXIT_OK` drained,
+        `EXIT_KILLED` stopped at once, `EXIT_UNAUTHORIZED` the API refused the token).
 
         This is the main loop: ``on_tick`` runs on every turn of it, waiting and draining
         alike (the supervisor's readiness, STATUS= and watchdog health hang on it), and
@@ -236,6 +239,10 @@ class Daemon:
         if self._consumer is not None:
             self._consumer.stop()
         self._log.info("worker_stopped", jobs_done=self.jobs_done)
+        # A refused token stops at once too (stop_now), but systemd and the operator must
+        # see why: every restart would be refused the same way until the token is fixed.
+        if self._token_refused.is_set():
+            return EXIT_UNAUTHORIZED
         return EXIT_KILLED if self._stop_now.is_set() else EXIT_OK
 
     def _has_running(self) -> bool:
@@ -289,6 +296,7 @@ class Daemon:
             except Unauthorized as exc:
                 log.error("worker_token_refused", error=str(exc))
                 self._consumer.requeue(delivery)
+                self._token_refused.set()
                 self.stop_now()
                 return
             except InternalApiError as exc:
