@@ -11,11 +11,7 @@ from types import ModuleType
 
 from buildworker import __version__, commands
 from buildworker.config import ConfigError
-
-#: Exit codes shared by every subcommand.
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from buildworker.exitcodes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 
 def _command_modules(only: str | None = None) -> list[ModuleType]:
@@ -85,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"buildworker: config: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
-    return int(result or 0)
+        return EXIT_INTERRUPTED
+    return int(result or EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

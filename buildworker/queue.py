@@ -1,14 +1,19 @@
-"""The queue between the API tier and the workers: names, routing and the message (pure).
+"""The queue between the API tier and the workers: names, routing, the message, and the one
+declaration of the topology.
 
-The API's outbox publisher and the worker's consumer both declare this topology, so it is
-defined once. One durable queue per image and arch (``buildworker.jobs.<image>@<arch>``)
-bound to the direct exchange ``buildworker.jobs`` with routing key ``<image>@<arch>``: a job
+The API's outbox publisher and the worker's consumer both declare this topology (whichever
+connects first creates it), so both call `declare_topology` and it is defined once: a
+declaration that differs in any argument is refused by the broker (406) and would stop the
+other side. One durable queue per image and arch (``buildworker.jobs.<image>@<arch>``) bound
+to the direct exchange ``buildworker.jobs`` with routing key ``<image>@<arch>``: a job
 reaches only the hosts that serve its image. Refused deliveries go to ``buildworker.dead``.
+Everything but `declare_topology` is pure.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +23,7 @@ __all__ = [
     "JOBS_EXCHANGE",
     "REASON_HEADER",
     "JobMessage",
+    "declare_topology",
     "queue_arguments",
     "queue_name",
     "routing_key",
@@ -40,6 +46,24 @@ def queue_name(image: str, arch: str) -> str:
 
 def queue_arguments() -> dict[str, Any]:
     return {"x-dead-letter-exchange": DEAD_EXCHANGE}
+
+
+def declare_topology(channel: Any, routes: Iterable[tuple[str, str]] = ()) -> None:
+    """Declare, on a pika channel, the dead-letter exchange and queue, the jobs exchange, and
+    the queue of each (image, arch) in ``routes`` bound to it.
+
+    Idempotent (the broker accepts a declaration equal to what exists), so a caller may
+    declare the exchanges alone at connect and again with a route when it first needs one.
+    Broker errors (pika's) propagate.
+    """
+    channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
+    channel.queue_declare(DEAD_QUEUE, durable=True)
+    channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE)
+    channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
+    for image, arch in routes:
+        queue = queue_name(image, arch)
+        channel.queue_declare(queue, durable=True, arguments=queue_arguments())
+        channel.queue_bind(queue, JOBS_EXCHANGE, routing_key=routing_key(image, arch))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from buildworker.api import (
     groups,
     internal,
     public,
-    secrets,
+    secret_routes,
     ssh_internal,
     ssh_keys,
 )
@@ -73,7 +73,7 @@ def create_app(config: Config, *, migrate: bool = True) -> FastAPI:
     install_handlers(app)
     app.include_router(public.router)
     app.include_router(groups.router)
-    app.include_router(secrets.router)
+    app.include_router(secret_routes.router)
     app.include_router(internal.router)
     app.include_router(files.router)
     # Operations: /metrics (and request timing), /healthz, /readyz.

@@ -41,6 +41,8 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 def get_config(request: Request) -> Config:
+    """The app's config: the one reader of ``app.state.config`` for routes and pages alike
+    (a call or a ``Depends``), so where it lives can change in one place."""
     config: Config = request.app.state.config
     return config
 

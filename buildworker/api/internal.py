@@ -35,11 +35,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from buildworker.api.crypto import SecretsDisabled
-from buildworker.api.deps import SessionDep
+from buildworker.api.deps import SessionDep, get_config
 from buildworker.api.errors import ApiError
 from buildworker.api.public import artifact_url, resolve_secret
 from buildworker.api.reaper import end_running, lease_deadline, requeue, settle_tasks
-from buildworker.config import Config
 from buildworker.contract import (
     SETUP_LOG_SEGMENT,
     ArtifactAnswer,
@@ -81,7 +80,7 @@ _CLAIMED = frozenset({JobStatus.RUNNING, *TERMINAL_JOB_STATUSES})
 
 def require_worker(request: Request) -> None:
     """Dependency: the request carries the configured worker token; 401 otherwise."""
-    config: Config = request.app.state.config
+    config = get_config(request)
     expected = config.api.worker_token
     if not expected:
         raise ApiError.reason("the internal API is disabled: [api] worker-token is not set", 401)
@@ -109,11 +108,6 @@ OffsetQuery = Annotated[int, Query(ge=0, le=2**62)]
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def _config(request: Request) -> Config:
-    config: Config = request.app.state.config
-    return config
 
 
 def _store(request: Request) -> Store:
@@ -239,7 +233,7 @@ def _claim_refusal(job: Job, attempt: int) -> ApiError | None:
 
 @router.post("/jobs/{job_id}/claim")
 def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -> ClaimAnswer:
-    config = _config(request)
+    config = get_config(request)
     job = _job(session, job_id)
     refusal = _claim_refusal(job, body.attempt)
     if refusal is not None:
@@ -342,7 +336,7 @@ def _end_unclaimable(
 def heartbeat(
     request: Request, job_id: int, body: AttemptBody, session: SessionDep
 ) -> HeartbeatAnswer:
-    config = _config(request)
+    config = get_config(request)
     job = _job(session, job_id)
     if job.attempt == body.attempt and job.status == JobStatus.CANCELLED and job.runner is not None:
         return HeartbeatAnswer(cancelled=True)  # cancelled while running: keep telling it
@@ -457,7 +451,7 @@ def _artifact_target(
     request: Request, job_id: int, attempt: int, path: str
 ) -> tuple[str, str, int]:
     """(storage key, name, max size) for an upload, after checking the job and the count."""
-    config = _config(request)
+    config = get_config(request)
     name = posixpath.basename(path.rstrip("/"))
     with request.app.state.sessionmaker() as session:
         job = _job(session, job_id)
@@ -491,7 +485,7 @@ def _record_artifact(
             artifact.created = utcnow()
         session.commit()
         return ArtifactAnswer(
-            name=name, url=artifact_url(_config(request).api.origin, artifact), size=size
+            name=name, url=artifact_url(get_config(request).api.origin, artifact), size=size
         )
 
 
@@ -527,7 +521,7 @@ async def upload_artifact(
 
 @router.post("/jobs/{job_id}/finish")
 def finish(request: Request, job_id: int, body: FinishBody, session: SessionDep) -> dict[str, Any]:
-    config = _config(request)
+    config = get_config(request)
     job = _job(session, job_id)
     if job.attempt == body.attempt and job.status in TERMINAL_JOB_STATUSES:
         return {}  # a retried finish, or the attempt already ended another way

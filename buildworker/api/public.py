@@ -28,14 +28,13 @@ from buildworker.api.body import (
     opt_str_list,
     read_body,
 )
-from buildworker.api.deps import SessionDep, current_user, optional_user
+from buildworker.api.deps import SessionDep, current_user, get_config, optional_user
 from buildworker.api.errors import ApiError
 from buildworker.api.images import check_image
 from buildworker.api.lifecycle import cancel, queue_pending, start_pending
 from buildworker.api.metrics import metrics_of
 from buildworker.api.pagination import MAX_ID, paginate
 from buildworker.api.serialize import artifact_dict, artifact_url, format_time, job_dict
-from buildworker.config import Config
 from buildworker.db.models import Artifact, Job, Secret, Task, User
 from buildworker.jobstate import JobStatus, TaskStatus
 from buildworker.manifest import ManifestError, parse_manifest
@@ -103,11 +102,6 @@ def load_job_for_write(session: Session, job_id: int, user: User) -> Job:
     if not can_write(job, user):
         raise ApiError.reason("You do not have write access to this job", 403)
     return job
-
-
-def _config(request: Request) -> Config:
-    config: Config = request.app.state.config
-    return config
 
 
 # --- submit -----------------------------------------------------------------------------
@@ -206,7 +200,7 @@ def _secret_refs(session: Session, owner_id: int, refs: tuple[str, ...]) -> None
 def submit_job(
     request: Request, user: WriteUser, body: Body, session: SessionDep
 ) -> dict[str, Any]:
-    config = _config(request)
+    config = get_config(request)
     errors = _Errors()
     text = errors.run(_manifest_text, body, config.api.max_manifest_size)
     note = errors.run(opt_str, body, "note", max_length=MAX_NOTE)
@@ -266,7 +260,7 @@ def submit_job(
 
 @router.get("/jobs", summary="List your jobs (paginated)")
 def list_jobs(request: Request, user: ReadUser, session: SessionDep) -> dict[str, Any]:
-    config = _config(request)
+    config = get_config(request)
     query = select(Job).where(Job.owner_id == user.id)
     return paginate(
         session,
@@ -281,7 +275,7 @@ def list_jobs(request: Request, user: ReadUser, session: SessionDep) -> dict[str
 @router.get("/jobs/{job_id}", summary="Get a job")
 def get_job(request: Request, job_id: int, user: ReadUser, session: SessionDep) -> dict[str, Any]:
     job = load_job(session, job_id, user)
-    return job_dict(job, _config(request).api.origin)
+    return job_dict(job, get_config(request).api.origin)
 
 
 @router.get(
@@ -299,7 +293,7 @@ def get_manifest(job_id: int, user: MaybeReader, session: SessionDep) -> PlainTe
 def list_artifacts(
     request: Request, job_id: int, user: ReadUser, session: SessionDep
 ) -> dict[str, Any]:
-    config = _config(request)
+    config = get_config(request)
     job = load_job(session, job_id, user)
     query = select(Artifact).where(Artifact.job_id == job.id)
     return paginate(

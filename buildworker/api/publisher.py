@@ -2,7 +2,8 @@
 
 One thread owns one pika `BlockingConnection` (pika is not thread-safe). The loop:
 
-1. connect, put the channel in confirm mode, declare the dead-letter exchange and queue;
+1. connect, put the channel in confirm mode, declare the exchanges and the dead-letter queue
+   (`buildworker.queue.declare_topology`, which the worker's consumer calls too);
 2. take a batch of unpublished rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several API
    processes never take the same row), declare each job's exchange/queue/binding (once per
    connection), publish it persistent and ``mandatory`` and wait for the broker's confirm;
@@ -21,8 +22,6 @@ sent: a worker would only be refused at claim.
 from __future__ import annotations
 
 import contextlib
-import random
-from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -31,34 +30,18 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from buildworker.backoff import BROKER_RECONNECT_START_S, compute_backoff
 from buildworker.db.models import Job, Outbox, utcnow
 from buildworker.jobstate import JobStatus
-from buildworker.queue import (
-    DEAD_EXCHANGE,
-    DEAD_QUEUE,
-    JOBS_EXCHANGE,
-    JobMessage,
-    queue_arguments,
-    queue_name,
-    routing_key,
-)
+from buildworker.queue import JOBS_EXCHANGE, JobMessage, declare_topology, routing_key
 from buildworker.service import ServiceThread
 
-__all__ = ["OutboxPublisher", "backoff_delay"]
+__all__ = ["OutboxPublisher"]
 
 #: Rows taken per transaction; bounds the work redone after a crash mid-batch.
 BATCH_SIZE = 100
-#: First wait after a failed connection, in seconds; doubles up to the configured cap.
-BACKOFF_START_S = 0.5
 
 _log = structlog.get_logger(__name__)
-
-
-def backoff_delay(failures: int, cap_s: float, rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after ``failures`` consecutive failures (1, 2, ...): doubling from
-    `BACKOFF_START_S`, capped at ``cap_s``, with up to 25% jitter taken off."""
-    base = min(cap_s, BACKOFF_START_S * 2 ** max(0, failures - 1))
-    return base * (1 - 0.25 * rand())
 
 
 class OutboxPublisher(ServiceThread):
@@ -106,14 +89,16 @@ class OutboxPublisher(ServiceThread):
                 failures = 0
                 channel = connection.channel()
                 channel.confirm_delivery()
-                self._declare_dead_letter(channel)
+                declare_topology(channel)
                 while not self._stop.is_set():
                     if self.publish_pending(channel) == 0:
                         # Serves heartbeats and notices a closed connection while idle.
                         connection.process_data_events(time_limit=self._poll_s)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 failures += 1
-                delay = backoff_delay(failures, self._reconnect_max_s)
+                delay = compute_backoff(
+                    failures - 1, base_s=BROKER_RECONNECT_START_S, max_s=self._reconnect_max_s
+                )
                 _log.warning(
                     "publisher.broker_unavailable",
                     error=f"{type(exc).__name__}: {exc}",
@@ -125,7 +110,10 @@ class OutboxPublisher(ServiceThread):
                 # or nothing would be published until the API restarts.
                 failures += 1
                 _log.exception("publisher.error")
-                self._stop.wait(backoff_delay(failures, self._reconnect_max_s))
+                delay = compute_backoff(
+                    failures - 1, base_s=BROKER_RECONNECT_START_S, max_s=self._reconnect_max_s
+                )
+                self._stop.wait(delay)
             finally:
                 self._declared.clear()
                 if connection is not None and connection.is_open:
@@ -147,19 +135,14 @@ class OutboxPublisher(ServiceThread):
 
     # --- publishing -----------------------------------------------------------------------
 
-    def _declare_dead_letter(self, channel: Any) -> None:
-        channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
-        channel.queue_declare(DEAD_QUEUE, durable=True)
-        channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE)
-        channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
-
     def _declare_route(self, channel: Any, image: str, arch: str) -> None:
+        # Once per route and connection: a job's queue must exist before its message is
+        # published (or ``mandatory`` would return it), whether or not a worker serving
+        # it has connected yet.
         key = routing_key(image, arch)
         if key in self._declared:
             return
-        queue = queue_name(image, arch)
-        channel.queue_declare(queue, durable=True, arguments=queue_arguments())
-        channel.queue_bind(queue, JOBS_EXCHANGE, routing_key=key)
+        declare_topology(channel, [(image, arch)])
         self._declared.add(key)
 
     def publish_pending(self, channel: Any) -> int:

@@ -39,7 +39,7 @@ import structlog
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from buildworker.api.publisher import backoff_delay
+from buildworker.backoff import BROKER_RECONNECT_START_S, compute_backoff
 from buildworker.db.models import Job, Outbox
 from buildworker.jobstate import JobStatus
 from buildworker.queue import queue_name
@@ -121,13 +121,18 @@ class RepublishMonitor(ServiceThread):
                 failures = 0
             except (pika.exceptions.AMQPError, OSError) as exc:
                 failures += 1
-                delay = backoff_delay(failures, self._reconnect_max_s)
+                delay = compute_backoff(
+                    failures - 1, base_s=BROKER_RECONNECT_START_S, max_s=self._reconnect_max_s
+                )
                 _log.warning("republish.broker_unavailable", error=str(exc), retry_in_s=delay)
                 self._stop.wait(delay)
             except Exception:  # a database error: log and keep watching
                 failures += 1
                 _log.exception("republish.error")
-                self._stop.wait(backoff_delay(failures, self._reconnect_max_s))
+                delay = compute_backoff(
+                    failures - 1, base_s=BROKER_RECONNECT_START_S, max_s=self._reconnect_max_s
+                )
+                self._stop.wait(delay)
 
     def check(self) -> int:
         """One comparison; returns how many rows it reset for republishing."""

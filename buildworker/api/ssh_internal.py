@@ -25,12 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from buildworker.api.access import can_write
-from buildworker.api.deps import SessionDep
+from buildworker.api.deps import SessionDep, get_config
 from buildworker.api.errors import ApiError
 from buildworker.api.internal import require_worker
 from buildworker.api.pagination import MAX_ID
 from buildworker.api.ssh_keys import find_ssh_key
-from buildworker.config import Config
 from buildworker.db.models import Job, User, utcnow
 from buildworker.ssh.keys import InvalidKey, parse_public_key
 from buildworker.ssh.texts import NO_SUCH_JOB, NOT_PERMITTED
@@ -87,7 +86,7 @@ def job_access(
     session: SessionDep,
     user: Annotated[str, Query(min_length=1, max_length=256)],
 ) -> dict[str, Any]:
-    config: Config = request.app.state.config
+    config = get_config(request)
     job = session.get(Job, job_id) if 0 < job_id <= MAX_ID else None
     if job is None:
         raise ApiError.reason(NO_SUCH_JOB, 404)

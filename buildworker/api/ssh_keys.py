@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from buildworker.api.body import OPENAPI_FORM_OR_JSON, read_body
-from buildworker.api.deps import SessionDep, current_user
+from buildworker.api.deps import SessionDep, current_user, get_config
 from buildworker.api.errors import ApiError
 from buildworker.api.pagination import MAX_ID, paginate
 from buildworker.api.serialize import format_time
@@ -154,7 +154,7 @@ def _owned(session: Session, user: User, key_id: int) -> SshKey:
 
 @router.get("/ssh-keys", summary="List your SSH keys (paginated)")
 def list_keys(request: Request, user: ReadUser, session: SessionDep) -> dict[str, Any]:
-    config = request.app.state.config
+    config = get_config(request)
     return paginate(
         session,
         request,

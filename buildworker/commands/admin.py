@@ -40,12 +40,10 @@ from buildworker.config import load_config
 from buildworker.db.engine import make_engine, make_sessionmaker
 from buildworker.db.migrate import upgrade
 from buildworker.db.models import User
+from buildworker.exitcodes import EXIT_OK, EXIT_REFUSED
 
 NAME = "admin"
 HELP = "manage users, web passwords, API tokens and SSH keys (a token is printed once)"
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from buildworker.api.app import create_app
 from buildworker.config import load_config
+from buildworker.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from buildworker.health import HealthChecks
 from buildworker.log import configure_logging
 from buildworker.sdnotify import Notifier, NotifyError, WatchdogPinger
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         notifier = Notifier.from_environ()
     except NotifyError as exc:
         print(f"buildworker: systemd: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     host, _, port = (args.bind or config.api.bind).rpartition(":")
     notifier.status("starting: migrating the database")
     try:
@@ -201,6 +202,6 @@ def run(args: argparse.Namespace) -> int:
         reason = str(exc.orig or exc).strip().splitlines()[0]
         where = make_url(config.database.url).render_as_string(hide_password=True)
         print(f"buildworker: database: {where}: {reason}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     ApiService(app, host=host.strip("[]"), port=int(port), notifier=notifier).run()
-    return 0
+    return EXIT_OK

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from buildworker.config import Config, describe, load_config
+from buildworker.exitcodes import EXIT_OK
 
 NAME = "config"
 HELP = "check the config file and print every effective value (exit 2 if it is invalid)"
@@ -62,8 +63,8 @@ def reference() -> str:
 def run(args: argparse.Namespace) -> int:
     if args.reference:
         print(reference(), end="")
-        return 0
+        return EXIT_OK
     config = load_config(args.config)
     if not args.quiet:
         print(render(config))
-    return 0
+    return EXIT_OK

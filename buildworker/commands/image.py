@@ -8,13 +8,10 @@ import sys
 from pathlib import Path
 
 from buildworker.config import load_config
+from buildworker.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 NAME = "image"
 HELP = "build base images (Debian, with mmdebstrap) or list the images this worker serves"
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 #: The recipes ship in the checkout beside the package (images/<distro>/genimg).
 RECIPES = Path(__file__).resolve().parents[2] / "images"
@@ -46,7 +43,7 @@ def _build(args: argparse.Namespace) -> int:
     genimg = RECIPES / "debian" / "genimg"
     if not genimg.exists():
         print(f"buildworker image: recipe not found: {genimg}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILURE
     key = args.authorized_key or Path(f"{config.vm.ssh_key}.pub")
     if not key.exists():
         print(
@@ -74,7 +71,7 @@ def _list(args: argparse.Namespace) -> int:
         served = catalogue.served()
     except GuestLayerError as exc:
         print(f"buildworker image: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILURE
     if not served:
         print(
             f"no images under {config.worker.images} (build one: buildworker image build bookworm)"

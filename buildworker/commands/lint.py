@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 from buildworker.config import load_config
+from buildworker.exitcodes import EXIT_INVALID, EXIT_UNREADABLE, EXIT_VALID
 from buildworker.manifest import (
     DEFAULT_MAX_ARTIFACTS,
     DEFAULT_MAX_SIZE,
@@ -19,11 +20,6 @@ from buildworker.render import render_buildenv, render_task_script
 
 NAME = "lint"
 HELP = "check build manifests without submitting them"
-
-#: Exit statuses, as documented in --help.
-EXIT_VALID = 0
-EXIT_INVALID = 1
-EXIT_UNREADABLE = 2
 
 _EPILOG = """\
 Each problem is printed as 'FILE: field: reason'; warnings (unknown or duplicate keys) as

@@ -11,19 +11,16 @@ from pathlib import Path
 from types import FrameType
 
 from buildworker.config import load_config
+from buildworker.exitcodes import EXIT_BUILD_FAILED, EXIT_SETUP_ERROR, EXIT_SUCCESS
 from buildworker.log import configure_logging
 from buildworker.manifest import ManifestError, parse_manifest
-from buildworker.worker.context import SECRET_TYPES, CancelToken, JobSpec, SecretMaterial
+from buildworker.secret_types import SECRET_TYPES
+from buildworker.worker.context import CancelToken, JobSpec, SecretMaterial
 from buildworker.worker.report import TerminalReporter
 from buildworker.worker.runner import BuildRunner, RunnerSettings
 
 NAME = "run"
 HELP = "run a build manifest in a fresh local VM and print its logs (exit 0/1/2)"
-
-#: Exit codes of `buildworker run`.
-EXIT_SUCCESS = 0
-EXIT_BUILD_FAILED = 1
-EXIT_SETUP_ERROR = 2
 
 
 class UsageError(ValueError):

@@ -19,12 +19,10 @@ import sys
 from pathlib import Path
 
 from buildworker.config import DEFAULT_PATH, load_config, resolve_path
+from buildworker.exitcodes import EXIT_FAILURE, EXIT_OK
 
 NAME = "ssh"
 HELP = "the SSH entry point into builds: install it, and the commands sshd runs"
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,15 +30,12 @@ from typing import Any, BinaryIO
 import httpx
 
 from buildworker.config import load_config
+from buildworker.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from buildworker.termfilter import TerminalFilter
 from buildworker.web.urls import job_page_url
 
 NAME = "submit"
 HELP = "submit a build manifest to the API; --follow streams its logs and exits with its result"
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 TERMINAL = frozenset({"success", "failed", "timeout", "cancelled"})
 #: The command a failed build's standby notice offers (buildworker.ssh.texts.standby_notice).

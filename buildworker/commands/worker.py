@@ -15,6 +15,7 @@ import sys
 import structlog
 
 from buildworker.config import Config, load_config
+from buildworker.exitcodes import EXIT_USAGE
 from buildworker.log import configure_logging
 from buildworker.sdnotify import Notifier, NotifyError, WatchdogPinger
 from buildworker.worker.apiclient import InternalApi
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         notifier = Notifier.from_environ()
     except NotifyError as exc:
         print(f"buildworker: systemd: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     notifier.status("starting: connecting to libvirt")
     # Imported here so `buildworker --help` works on a host without libvirt.
     from buildworker.guest.hypervisor import Hypervisor

@@ -24,17 +24,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from buildworker.exitcodes import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SHELL_LOST,
+    EXIT_SHELL_REFUSED,
+    EXIT_SHELL_UNAVAILABLE,
+)
 from buildworker.ssh import protocol as proto
 from buildworker.ssh.commandline import Connect, Tail, Usage, parse_command
 from buildworker.ssh.texts import usage
 
-__all__ = ["EXIT_LOST", "EXIT_REFUSED", "EXIT_UNAVAILABLE", "run_shell"]
+__all__ = ["run_shell"]
 
-EXIT_REFUSED = 1
-#: The daemon is not running (or refuses us): nothing to connect to on this host.
-EXIT_UNAVAILABLE = 1
-#: The connection to the daemon broke mid-session (as ssh's own 255).
-EXIT_LOST = 255
 NOT_RUNNING = "The build worker on this host is not running; try again later."
 
 
@@ -109,7 +111,7 @@ def run_shell(
         if request.error:
             stderr.write(f"{request.error}\n")
         stderr.write(usage(username))
-        return 0 if request.error is None else EXIT_REFUSED
+        return EXIT_OK if request.error is None else EXIT_SHELL_REFUSED
     terminal = _Terminal(stdin_fd)
     message: dict[str, Any] = {"user": username, "job": request.job_id, "command": None}
     if isinstance(request, Connect):
@@ -128,13 +130,13 @@ def run_shell(
     except OSError:
         conn.close()
         stderr.write(NOT_RUNNING + "\n")
-        return EXIT_UNAVAILABLE
+        return EXIT_SHELL_UNAVAILABLE
     try:
         conn.sendall(proto.request_frame(message))
         with _winch_pipe() as winch:
             return _relay(conn, terminal, winch, stdout_fd, stderr)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         terminal.restore()
         conn.close()
@@ -156,7 +158,7 @@ def _relay(
                     if not data:
                         terminal.restore()
                         stderr.write("\nLost the connection to the build worker.\n")
-                        return EXIT_LOST
+                        return EXIT_SHELL_LOST
                     for frame in decoder.feed(data):
                         status = _on_frame(frame, terminal, stdout_fd, stderr)
                         if status is not None:
@@ -175,7 +177,7 @@ def _relay(
     except (OSError, proto.ProtocolError):
         terminal.restore()
         stderr.write("\nLost the connection to the build worker.\n")
-        return EXIT_LOST
+        return EXIT_SHELL_LOST
     finally:
         selector.close()
 

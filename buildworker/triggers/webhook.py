@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from buildworker.config import ConfigError, TriggersConfig, load_config
+from buildworker.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 __all__ = [
     "DeliveryOutcome",
@@ -209,17 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action == "genkey":
         print(base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
-        return 0
+        return EXIT_OK
     try:
         signer = load_signer(load_config(args.config).triggers)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if signer is None:
         print("error: no [triggers] webhook-key or webhook-key-file configured", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     print(signer.public_key_b64())
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

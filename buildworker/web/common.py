@@ -18,8 +18,7 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from buildworker.api.deps import SessionDep
-from buildworker.config import Config
+from buildworker.api.deps import SessionDep, get_config
 from buildworker.db.models import TERMINAL_JOB_STATUSES, User
 from buildworker.web.session import CsrfError, check_csrf, csrf_token, session_user
 
@@ -29,7 +28,6 @@ __all__ = [
     "PageError",
     "SignInRequired",
     "ViewerDep",
-    "config_of",
     "flash",
     "human_duration",
     "human_size",
@@ -66,11 +64,6 @@ class SignInRequired(Exception):
     def __init__(self, next_url: str) -> None:
         super().__init__(next_url)
         self.next_url = next_url
-
-
-def config_of(request: Request) -> Config:
-    config: Config = request.app.state.config
-    return config
 
 
 def viewer(request: Request, db: SessionDep) -> User | None:
@@ -163,7 +156,7 @@ def render(
     status: int = 200,
 ) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.web_templates
-    config = config_of(request)
+    config = get_config(request)
     full = {
         "user": user,
         "csrf": csrf_token(request),

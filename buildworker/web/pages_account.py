@@ -14,12 +14,13 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
-from buildworker.api import secrets as secrets_api
+from buildworker.api import secret_routes as secrets_api
 from buildworker.api.accounts import AccountError, create_token, list_tokens
 from buildworker.api.auth import KNOWN_SCOPES
 from buildworker.api.deps import SessionDep
 from buildworker.api.errors import ApiError
 from buildworker.db.models import Secret, Token, User
+from buildworker.secret_types import SECRET_TYPES
 from buildworker.web.common import (
     PageError,
     ViewerDep,
@@ -177,7 +178,7 @@ def _secrets_page(
     context = {
         "title": "Secrets",
         "secrets": list(rows),
-        "types": secrets_api.SECRET_TYPES,
+        "types": SECRET_TYPES,
         "errors": errors or [],
         "form": form or {"type": "ssh_key", "name": "", "path": "", "mode": "600"},
         "enabled": request.app.state.secret_box.enabled,

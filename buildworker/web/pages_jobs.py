@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from buildworker.api.deps import SessionDep
+from buildworker.api.deps import SessionDep, get_config
 from buildworker.api.errors import ApiError
 from buildworker.api.public import cancel_job, load_job
 from buildworker.db.models import Job, User
@@ -19,7 +19,6 @@ from buildworker.web.badge import badge_status, badge_svg
 from buildworker.web.common import (
     PageError,
     ViewerDep,
-    config_of,
     flash,
     redirect,
     render,
@@ -190,7 +189,7 @@ def cancel(
 def _feed(
     request: Request, db: Session, viewer: User | None, owner: User, path: tuple[str, ...]
 ) -> Response:
-    config = config_of(request)
+    config = get_config(request)
     page = list_jobs(db, viewer=viewer, owner=owner, tag_path=path, per_page=FEED_ITEMS)
     link = user_page_url(config.api.origin, owner.username)
     if path:
@@ -218,7 +217,7 @@ def user_feed(request: Request, username: str, db: SessionDep, viewer: ViewerDep
 def _badge(request: Request, db: Session, owner: User, path: tuple[str, ...]) -> Response:
     status = badge_status(newest_finished_status(db, owner, path))
     label = request.query_params.get("name") or (
-        "/".join(path) if path else config_of(request).web.site_name
+        "/".join(path) if path else get_config(request).web.site_name
     )
     # No caching beyond revalidation: builds.sr.ht's 30 s cache keyed badges without the
     # tag path, so one tag's badge could show another's status.

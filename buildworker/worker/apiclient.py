@@ -18,6 +18,7 @@ import httpx
 import structlog
 from pydantic import BaseModel
 
+from buildworker.backoff import compute_backoff
 from buildworker.contract import (
     ArtifactAnswer,
     ClaimAnswer,
@@ -25,14 +26,13 @@ from buildworker.contract import (
     HeartbeatAnswer,
     LogAnswer,
 )
-from buildworker.worker.backoff import compute_backoff
 from buildworker.worker.errors import InfraError
 from buildworker.worker.logs import SETUP_LOG
 
 __all__ = [
-    "ApiError",
     "Conflict",
     "InternalApi",
+    "InternalApiError",
     "NotFound",
     "TooLarge",
     "Unauthorized",
@@ -45,9 +45,12 @@ RETRY_BUDGET_S = 300.0
 UPLOAD_BLOCK = 256 * 1024
 
 
-class ApiError(InfraError):
+class InternalApiError(InfraError):
     """The internal API refused or could not be reached. ``status`` is the HTTP status
-    (None for a transport error), ``body`` the decoded JSON answer when there was one."""
+    (None for a transport error), ``body`` the decoded JSON answer when there was one.
+
+    (Not ``ApiError``: that is the HTTP error the API itself raises, buildworker.api.errors.)
+    """
 
     def __init__(self, message: str, status: int | None = None, body: Any = None) -> None:
         super().__init__(message)
@@ -55,19 +58,19 @@ class ApiError(InfraError):
         self.body = body
 
 
-class Unauthorized(ApiError):
+class Unauthorized(InternalApiError):
     """401/403: the worker token is wrong; retrying will not help."""
 
 
-class NotFound(ApiError):
+class NotFound(InternalApiError):
     """404: unknown job."""
 
 
-class Conflict(ApiError):
+class Conflict(InternalApiError):
     """409: the attempt is not (or no longer) ours, or a log offset left a gap."""
 
 
-class TooLarge(ApiError):
+class TooLarge(InternalApiError):
     """413: the artifact is over the API's size cap."""
 
 
@@ -76,7 +79,7 @@ def is_retryable_status(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
-_ERRORS: Mapping[int, type[ApiError]] = {
+_ERRORS: Mapping[int, type[InternalApiError]] = {
     401: Unauthorized,
     403: Unauthorized,
     404: NotFound,
@@ -142,7 +145,7 @@ class InternalApi:
         """One call, retried until it gets an answer retrying cannot change.
 
         Raises:
-            ApiError: (a subclass for 401/403/404/409/413) the answer, or the last
+            InternalApiError: (a subclass for 401/403/404/409/413) the answer, or the last
                 transport error once the budget is spent.
         """
         deadline = time.monotonic() + (self.retry_budget_s if budget_s is None else budget_s)
@@ -157,18 +160,20 @@ class InternalApi:
                     content=content() if content is not None else None,
                 )
             except httpx.HTTPError as exc:
-                failure: ApiError = ApiError(f"{method} {path}: {type(exc).__name__}: {exc}")
+                failure: InternalApiError = InternalApiError(
+                    f"{method} {path}: {type(exc).__name__}: {exc}"
+                )
             else:
                 if response.status_code < 400:
                     return response
                 body = _json_or_none(response)
                 message = f"{method} {path}: HTTP {response.status_code}: {_errors_text(body)}"
                 if not is_retryable_status(response.status_code):
-                    cls = _ERRORS.get(response.status_code, ApiError)
+                    cls = _ERRORS.get(response.status_code, InternalApiError)
                     if cls not in (NotFound, Conflict):
                         self._failed(endpoint)
                     raise cls(message, response.status_code, body)
-                failure = ApiError(message, response.status_code, body)
+                failure = InternalApiError(message, response.status_code, body)
             delay = compute_backoff(attempt, base_s=0.2, max_s=5.0)
             if time.monotonic() + delay > deadline or self._stop.is_set():
                 self._failed(endpoint)
@@ -307,7 +312,7 @@ def _answer(model: type[_Answer], response: httpx.Response, what: str) -> _Answe
     except ValueError as exc:  # not JSON, or pydantic's ValidationError (a ValueError)
         detail = str(exc).splitlines()
         message = f"{what}: the answer does not fit the contract: {' '.join(detail[:3])}"
-        raise ApiError(message) from None
+        raise InternalApiError(message) from None
 
 
 def _json_or_none(response: httpx.Response, default: Any = None) -> Any:

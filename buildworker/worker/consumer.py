@@ -25,17 +25,15 @@ import pika
 import pika.exceptions
 import structlog
 
+from buildworker.backoff import BROKER_RECONNECT_START_S, compute_backoff
 from buildworker.queue import (
     DEAD_EXCHANGE,
     DEAD_QUEUE,
-    JOBS_EXCHANGE,
     REASON_HEADER,
     JobMessage,
-    queue_arguments,
+    declare_topology,
     queue_name,
-    routing_key,
 )
-from buildworker.worker.backoff import compute_backoff
 
 __all__ = ["Consumer", "Delivery"]
 
@@ -157,7 +155,9 @@ class Consumer:
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self.connected.clear()
                 self._drop_connection()
-                delay = compute_backoff(failures, base_s=0.5, max_s=self._reconnect_max_s)
+                delay = compute_backoff(
+                    failures, base_s=BROKER_RECONNECT_START_S, max_s=self._reconnect_max_s
+                )
                 failures += 1
                 self.reconnects += 1
                 self._log.warning("amqp_connection_lost", error=repr(exc), retry_in_s=delay)
@@ -170,14 +170,7 @@ class Consumer:
         params.socket_timeout = 10
         connection = pika.BlockingConnection(params)
         channel = connection.channel()
-        channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
-        channel.queue_declare(DEAD_QUEUE, durable=True)
-        channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE)
-        channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
-        for image, arch in self._routes:
-            queue = queue_name(image, arch)
-            channel.queue_declare(queue, durable=True, arguments=queue_arguments())
-            channel.queue_bind(queue, JOBS_EXCHANGE, routing_key=routing_key(image, arch))
+        declare_topology(channel, self._routes)
         with self._lock:
             self._generation += 1
             self._unsettled.clear()

@@ -25,12 +25,12 @@ from buildworker.guest.errors import (
     UnsupportedOperation,
 )
 from buildworker.manifest import Manifest
+from buildworker.secret_types import SECRET_TYPES
 from buildworker.worker.errors import BuildFailed, Cancelled, InfraError, SetupError, WorkerError
 from buildworker.worker.interfaces import GuestSession, Image
 from buildworker.worker.logs import SETUP_LOG, ChunkSink, LogStream, LogStreamer, setup_line
 
 __all__ = [
-    "SECRET_TYPES",
     "BuildContext",
     "BuildResult",
     "CancelToken",
@@ -38,8 +38,6 @@ __all__ = [
     "Reporter",
     "SecretMaterial",
 ]
-
-SECRET_TYPES = ("ssh_key", "pgp_key", "plaintext_file")
 
 
 @dataclass(frozen=True)

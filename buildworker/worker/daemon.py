@@ -28,9 +28,16 @@ import structlog
 
 from buildworker.config import Config
 from buildworker.contract import ClaimAnswer
+from buildworker.exitcodes import EXIT_KILLED, EXIT_OK, EXIT_UNAUTHORIZED
 from buildworker.manifest import ManifestError, parse_manifest
 from buildworker.ssh.texts import connect_command
-from buildworker.worker.apiclient import ApiError, Conflict, InternalApi, NotFound, Unauthorized
+from buildworker.worker.apiclient import (
+    Conflict,
+    InternalApi,
+    InternalApiError,
+    NotFound,
+    Unauthorized,
+)
 from buildworker.worker.consumer import Consumer, Delivery
 from buildworker.worker.context import BuildResult, CancelToken, JobSpec, SecretMaterial
 from buildworker.worker.control import ControlServer
@@ -42,11 +49,8 @@ from buildworker.worker.redact import NeedleSet
 from buildworker.worker.report import ApiReporter
 from buildworker.worker.runner import BuildRunner, RunnerSettings, SshAccess
 
-__all__ = ["EXIT_KILLED", "EXIT_OK", "Daemon", "routes_of"]
+__all__ = ["Daemon", "routes_of"]
 
-EXIT_OK = 0
-EXIT_UNAUTHORIZED = 3
-EXIT_KILLED = 4
 #: Seconds between heartbeats; a cancel is seen within this (plus the API round trip).
 HEARTBEAT_S = 1.0
 #: Cancel reasons that end in ``release`` (the job requeues) instead of ``finish``.
@@ -125,6 +129,8 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._draining = threading.Event()
         self._stop_now = threading.Event()
+        #: set when the API refused the worker token: the stop it causes is not a kill
+        self._token_refused = threading.Event()
         self._consumer: Consumer | None = None
         self.jobs_done = 0
         self._log = structlog.get_logger().bind(worker=self._name)
@@ -202,7 +208,8 @@ class Daemon:
         on_tick: Callable[[], None] | None = None,
         on_drain: Callable[[], None] | None = None,
     ) -> int:
-        """Block until drained (or stopped); returns the exit code.
+        """Block until drained (or stopped); returns the exit code (`EXIT_OK` drained,
+        `EXIT_KILLED` stopped at once, `EXIT_UNAUTHORIZED` the API refused the token).
 
         This is the main loop: ``on_tick`` runs on every turn of it, waiting and draining
         alike (the supervisor's readiness, STATUS= and watchdog health hang on it), and
@@ -234,6 +241,10 @@ class Daemon:
         if self._consumer is not None:
             self._consumer.stop()
         self._log.info("worker_stopped", jobs_done=self.jobs_done)
+        # A refused token stops at once too (stop_now), but systemd and the operator must
+        # see why: every restart would be refused the same way until the token is fixed.
+        if self._token_refused.is_set():
+            return EXIT_UNAUTHORIZED
         return EXIT_KILLED if self._stop_now.is_set() else EXIT_OK
 
     def _end_holds(self) -> None:
@@ -294,9 +305,10 @@ class Daemon:
             except Unauthorized as exc:
                 log.error("worker_token_refused", error=str(exc))
                 self._consumer.requeue(delivery)
+                self._token_refused.set()
                 self.stop_now()
                 return
-            except ApiError as exc:
+            except InternalApiError as exc:
                 log.warning("claim_failed", error=str(exc))
                 self._consumer.requeue(delivery)
                 self.metrics.deliveries.labels(outcome="requeue").inc()
@@ -357,7 +369,7 @@ class Daemon:
                 log.warning("job_abandoned", reason="the lease was lost")
                 return
             self._finish(running, result)
-        except ApiError as exc:
+        except InternalApiError as exc:
             log.error("report_failed", error=str(exc))
         finally:
             if access is not None:
@@ -406,7 +418,7 @@ class Daemon:
         def report_early(result: BuildResult) -> None:
             try:
                 self._finish(running, result)
-            except ApiError as exc:
+            except InternalApiError as exc:
                 log.error("report_failed", error=str(exc))
 
         return SshAccess(
@@ -488,7 +500,7 @@ class Daemon:
                 log.warning("lease_lost")
                 running.cancel.cancel("lease-lost")
                 return
-            except ApiError as exc:
+            except InternalApiError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
                 continue
             if cancelled:

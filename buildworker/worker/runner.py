@@ -18,7 +18,7 @@ import structlog
 
 from buildworker.ssh import texts
 from buildworker.worker import pipeline
-from buildworker.worker.apiclient import ApiError
+from buildworker.worker.apiclient import InternalApiError
 from buildworker.worker.context import BuildContext, BuildResult, CancelToken, JobSpec, Reporter
 from buildworker.worker.control import JobHandle
 from buildworker.worker.errors import (
@@ -469,6 +469,6 @@ def _infra_reason(exc: InfraError) -> str:
     """The bounded ``reason`` label of an infrastructure failure (metrics.INFRA_REASONS)."""
     if isinstance(exc, BootError):
         return exc.stage
-    if isinstance(exc, ApiError):
+    if isinstance(exc, InternalApiError):
         return "api"
     return "ssh"  # the rest of InfraError is the guest connection breaking

@@ -42,8 +42,8 @@ class Counted:
 
 def multipart_head(field: str = "manifest", filename: str = "build.yml") -> bytes:
     return (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-        f"filename=\"{filename}\"\r\nContent-Type: application/x-yaml\r\n\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; '
+        f'filename="{filename}"\r\nContent-Type: application/x-yaml\r\n\r\n'
     ).encode()
 
 
@@ -92,7 +92,7 @@ def test_a_body_just_under_the_cap_is_read_as_before(
     parts = (
         multipart_head()
         + MANIFEST.encode()
-        + f"\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"execute\"\r\n\r\nfalse"
+        + f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="execute"\r\n\r\nfalse'
         f"\r\n--{BOUNDARY}--\r\n".encode()
     )
     response = client.post(
@@ -140,9 +140,9 @@ def test_log_chunks_and_artifacts_keep_their_own_larger_caps(
     client: TestClient, alice: Account
 ) -> None:
     # Given a claimed job
-    job_id = client.post(
-        "/api/jobs", json={"manifest": MANIFEST}, headers=alice.headers()
-    ).json()["id"]
+    job_id = client.post("/api/jobs", json={"manifest": MANIFEST}, headers=alice.headers()).json()[
+        "id"
+    ]
     claimed = client.post(
         f"/api/internal/jobs/{job_id}/claim", json={"worker": "w", "attempt": 1}, headers=WORKER
     )

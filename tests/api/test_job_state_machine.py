@@ -3,7 +3,7 @@
 Random sequences of submit (with and without ``execute``), start, cancel (the public API),
 claim, heartbeat, task status, finish (every final status, with and without
 ``infrastructure``) and release (the internal API), lease lapses followed by one reaper
-pass (`reap`), and outbox publishing (`OutboxPublisher.publish_pending` on a stub channel)
+pass (`reap`), and outbox publishing (`OutboxPublisher.publish_pending` on a confirm-mode channel of the real RabbitMQ)
 run against the real app and database. A plain model (job id → expected status, attempt,
 cancel flag, runner, lease, tasks) predicts every answer (status codes and bodies); after
 each step the database must agree with it and these invariants hold:
@@ -24,10 +24,12 @@ computed) is patched to return it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import pika
 import pytest
 from api_helpers import MANIFEST, WORKER_TOKEN, Account, make_account, with_api
 from fastapi import FastAPI
@@ -115,23 +117,6 @@ class Final:
     tasks: tuple[str, ...]
 
 
-class _StubChannel:
-    """Enough of a confirm-mode pika channel for `publish_pending`: every publish is
-    confirmed at once."""
-
-    def __init__(self) -> None:
-        self.published: list[bytes] = []
-
-    def queue_declare(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def queue_bind(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def basic_publish(self, *args: Any, body: bytes, **kwargs: Any) -> None:
-        self.published.append(body)
-
-
 @dataclass
 class World:
     """What one test run shares across the examples of the state machine."""
@@ -140,6 +125,8 @@ class World:
     client: TestClient
     owner: Account
     clock: Clock
+    #: a confirm-mode channel on the real RabbitMQ (a vhost of this test's own)
+    channel: Any
     #: status moves seen (``"queued->running"``), steps and examples run: for the coverage
     #: check at the end, and to read in a debugger
     moves: Counter[str] = field(default_factory=Counter)
@@ -408,7 +395,7 @@ class JobLifecycle(RuleBasedStateMachine):
     @rule()
     def publish(self) -> None:
         publisher = OutboxPublisher(self.sessions, "amqp://unused")
-        while publisher.publish_pending(_StubChannel()):
+        while publisher.publish_pending(self.world.channel):
             pass
         with self.sessions() as session:
             assert not session.scalars(select(Outbox).where(Outbox.published_at.is_(None))).all()
@@ -474,7 +461,17 @@ class JobLifecycle(RuleBasedStateMachine):
 
 
 @pytest.fixture
-def world(api_config: Config, monkeypatch: pytest.MonkeyPatch) -> World:
+def broker_channel(amqp_url: str) -> Iterator[Any]:
+    """A confirm-mode channel on the real broker, as the publisher's own loop opens one."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    yield channel
+    connection.close()
+
+
+@pytest.fixture
+def world(api_config: Config, monkeypatch: pytest.MonkeyPatch, broker_channel: Any) -> World:
     config = with_api(
         api_config, lease=LEASE_S, reap_interval=REAP_INTERVAL_S, max_attempts=MAX_ATTEMPTS
     )
@@ -484,7 +481,7 @@ def world(api_config: Config, monkeypatch: pytest.MonkeyPatch) -> World:
     # (heartbeat): both read the model's clock.
     monkeypatch.setattr(internal_module, "utcnow", clock)
     monkeypatch.setattr(reaper_module, "utcnow", clock)
-    return World(tuned, TestClient(tuned), make_account(tuned, "alice"), clock)
+    return World(tuned, TestClient(tuned), make_account(tuned, "alice"), clock, broker_channel)
 
 
 def test_random_job_lifecycles_keep_the_invariants(world: World) -> None:

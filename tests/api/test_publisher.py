@@ -11,17 +11,11 @@ import pytest
 from api_helpers import drain, submit, unpublished, wait_until
 from sqlalchemy.orm import Session, sessionmaker
 
-from buildworker.api.publisher import OutboxPublisher, backoff_delay
+from buildworker.api.publisher import OutboxPublisher
 from buildworker.db.engine import make_engine, make_sessionmaker
 from buildworker.db.migrate import upgrade
 from buildworker.db.models import Job
 from buildworker.queue import DEAD_EXCHANGE, JOBS_EXCHANGE, JobMessage, queue_name
-
-
-def test_backoff_doubles_up_to_the_cap_with_jitter_taken_off() -> None:
-    no_jitter = lambda: 0.0  # noqa: E731
-    assert [backoff_delay(n, 5.0, no_jitter) for n in (1, 2, 3, 4, 5)] == [0.5, 1, 2, 4, 5]
-    assert backoff_delay(3, 5.0, lambda: 1.0) == pytest.approx(1.5)
 
 
 def test_message_body_round_trips_and_carries_ids_only() -> None:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from buildworker.api.crypto import SecretBox, SecretsDisabled
-from buildworker.api.secrets import decrypt_secret
+from buildworker.api.secret_routes import decrypt_secret
 from buildworker.db.models import Secret
 
 KEY = (

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from buildworker.cli import EXIT_USAGE, main
+from buildworker.cli import main
+from buildworker.exitcodes import EXIT_USAGE
 
 BIN = Path(sys.executable).parent / "buildworker"
 

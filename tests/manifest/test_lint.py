@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from buildworker.commands import lint
+from buildworker.exitcodes import EXIT_INVALID, EXIT_UNREADABLE, EXIT_VALID
 from buildworker.manifest import parse_manifest
 from buildworker.render import DEFAULT_PREAMBLE
 
@@ -126,7 +127,7 @@ def test_example_manifest_is_what_the_readme_promises() -> None:
 
 def test_command_module_follows_the_cli_contract() -> None:
     assert lint.NAME == "lint" and lint.HELP
-    assert (lint.EXIT_VALID, lint.EXIT_INVALID, lint.EXIT_UNREADABLE) == (0, 1, 2)
+    assert (EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE) == (0, 1, 2)
 
 
 def test_limits_default_to_the_api_config(run_lint: Lint, tmp_path: Path) -> None:

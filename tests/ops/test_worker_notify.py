@@ -31,12 +31,13 @@ from tcp_proxy import TcpProxy
 from buildworker.api.app import create_app
 from buildworker.commands.api import ApiService
 from buildworker.config import VmConfig, WorkerConfig
+from buildworker.exitcodes import EXIT_OK
 from buildworker.guest.hypervisor import Hypervisor
 from buildworker.guest.images import ImageCatalogue
 from buildworker.health import HealthChecks, ok
 from buildworker.sdnotify import Notifier, WatchdogPinger
 from buildworker.worker.apiclient import InternalApi
-from buildworker.worker.daemon import EXIT_OK, Daemon
+from buildworker.worker.daemon import Daemon
 from buildworker.worker.supervisor import Supervisor
 
 pytestmark = pytest.mark.slow

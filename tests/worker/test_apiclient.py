@@ -11,7 +11,13 @@ import httpx
 import pytest
 from worker_helpers import WORKER_TOKEN, LiveApi
 
-from buildworker.worker.apiclient import ApiError, Conflict, InternalApi, NotFound, Unauthorized
+from buildworker.worker.apiclient import (
+    Conflict,
+    InternalApi,
+    InternalApiError,
+    NotFound,
+    Unauthorized,
+)
 from buildworker.worker.logs import SETUP_LOG, LogStreamer
 from buildworker.worker.redact import NeedleSet
 from buildworker.worker.report import ApiReporter
@@ -123,6 +129,6 @@ def test_an_api_that_stays_down_is_an_error_after_the_budget(live_api: LiveApi) 
     live_api.stop()
     api = InternalApi(live_api.url, WORKER_TOKEN, retry_budget_s=1.0)
     started = time.monotonic()
-    with pytest.raises(ApiError):
+    with pytest.raises(InternalApiError):
         api.heartbeat(1, 1)
     assert time.monotonic() - started < 10

@@ -6,14 +6,21 @@ import json
 import queue
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
 import pytest
 
 from buildworker.api import publisher
-from buildworker.queue import DEAD_QUEUE, REASON_HEADER, JobMessage, queue_name
+from buildworker.queue import (
+    DEAD_QUEUE,
+    JOBS_EXCHANGE,
+    REASON_HEADER,
+    JobMessage,
+    declare_topology,
+    queue_name,
+)
 from buildworker.worker import consumer as consumer_mod
 from buildworker.worker.consumer import Consumer, Delivery
 
@@ -23,14 +30,10 @@ ROUTE = ("debian/bookworm", "amd64")
 def publish(url: str, body: dict[str, object] | bytes) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(url))
     ch = conn.channel()
-    ch.exchange_declare(consumer_mod.JOBS_EXCHANGE, exchange_type="direct", durable=True)
-    ch.exchange_declare(consumer_mod.DEAD_EXCHANGE, exchange_type="fanout", durable=True)
-    q = queue_name(*ROUTE)
-    ch.queue_declare(q, durable=True, arguments=consumer_mod.queue_arguments())
-    ch.queue_bind(q, consumer_mod.JOBS_EXCHANGE, routing_key="debian/bookworm@amd64")
+    declare_topology(ch, [ROUTE])
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     ch.basic_publish(
-        consumer_mod.JOBS_EXCHANGE,
+        JOBS_EXCHANGE,
         "debian/bookworm@amd64",
         data,
         pika.BasicProperties(delivery_mode=2, content_type="application/json"),
@@ -67,13 +70,36 @@ def started(amqp_url: str, got: queue.Queue[Delivery]) -> Iterator[Consumer]:
     c.stop()
 
 
-def test_topology_matches_the_api_publisher() -> None:
-    assert consumer_mod.JOBS_EXCHANGE == publisher.JOBS_EXCHANGE
-    assert consumer_mod.DEAD_EXCHANGE == publisher.DEAD_EXCHANGE
-    assert consumer_mod.DEAD_QUEUE == publisher.DEAD_QUEUE
-    assert consumer_mod.queue_name(*ROUTE) == publisher.queue_name(*ROUTE)
-    assert consumer_mod.routing_key(*ROUTE) == publisher.routing_key(*ROUTE)
-    assert consumer_mod.queue_arguments() == publisher.queue_arguments()
+class RecordingChannel:
+    """Records the declarations made on it, as (method, args, kwargs)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+
+    def __getattr__(self, method: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: self.calls.append((method, args, kwargs))
+
+
+def test_topology_is_declared_in_one_place_for_the_api_publisher_and_the_consumer() -> None:
+    # Both sides declare through the same function: a difference between them would make
+    # the broker refuse the second declaration (406).
+    assert consumer_mod.declare_topology is declare_topology
+    assert publisher.declare_topology is declare_topology
+    channel = RecordingChannel()
+    declare_topology(channel, [ROUTE])
+    queue = "buildworker.jobs.debian/bookworm@amd64"
+    assert channel.calls == [
+        ("exchange_declare", ("buildworker.dead",), {"exchange_type": "fanout", "durable": True}),
+        ("queue_declare", ("buildworker.dead",), {"durable": True}),
+        ("queue_bind", ("buildworker.dead", "buildworker.dead"), {}),
+        ("exchange_declare", ("buildworker.jobs",), {"exchange_type": "direct", "durable": True}),
+        (
+            "queue_declare",
+            (queue,),
+            {"durable": True, "arguments": {"x-dead-letter-exchange": "buildworker.dead"}},
+        ),
+        ("queue_bind", (queue, "buildworker.jobs"), {"routing_key": "debian/bookworm@amd64"}),
+    ]
 
 
 def test_message_decoding_names_the_bad_field() -> None:

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from buildworker.contract import ClaimAnswer, ClaimedSecret, HeartbeatAnswer, LogAnswer
-from buildworker.worker.apiclient import ApiError, _answer
+from buildworker.worker.apiclient import InternalApiError, _answer
 
 CLAIM = {
     "job_id": 7,
@@ -40,12 +40,14 @@ def test_a_claim_answer_is_read_into_the_model_and_unknown_fields_are_ignored() 
 @pytest.mark.parametrize("missing", ["manifest", "job_id", "lease_seconds"])
 def test_an_answer_missing_a_field_is_an_error_naming_it(missing: str) -> None:
     body = {k: v for k, v in CLAIM.items() if k != missing}
-    with pytest.raises(ApiError, match=rf"claim of job 7: the answer does not fit .*{missing}"):
+    with pytest.raises(
+        InternalApiError, match=rf"claim of job 7: the answer does not fit .*{missing}"
+    ):
         _answer(ClaimAnswer, httpx.Response(200, json=body), "claim of job 7")
 
 
 def test_an_answer_that_is_not_json_is_an_error() -> None:
-    with pytest.raises(ApiError, match="heartbeat of job 7: the answer does not fit"):
+    with pytest.raises(InternalApiError, match="heartbeat of job 7: the answer does not fit"):
         _answer(
             HeartbeatAnswer,
             httpx.Response(200, text="<html>proxy error</html>"),
@@ -54,5 +56,5 @@ def test_an_answer_that_is_not_json_is_an_error() -> None:
 
 
 def test_a_wrong_type_is_named() -> None:
-    with pytest.raises(ApiError, match="size"):
+    with pytest.raises(InternalApiError, match="size"):
         _answer(LogAnswer, httpx.Response(200, json={"size": "many"}), "log build of job 7")

@@ -4,6 +4,7 @@ not build: no VM is booted in these tests (BootForbidden fails the test if one i
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -17,10 +18,11 @@ import pika.exceptions
 import pytest
 from worker_helpers import WORKER_TOKEN, LiveApi, api_config
 
+from buildworker.exitcodes import EXIT_OK, EXIT_UNAUTHORIZED
 from buildworker.guest.images import ImageCatalogue
 from buildworker.queue import DEAD_QUEUE, REASON_HEADER
 from buildworker.worker.apiclient import InternalApi
-from buildworker.worker.daemon import EXIT_OK, Daemon
+from buildworker.worker.daemon import Daemon
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 MANIFEST = "image: debian/bookworm\ntasks:\n  - build: echo hi\n"
@@ -130,6 +132,33 @@ def test_drain_with_nothing_running_exits_at_once(stack: tuple[LiveApi, str]) ->
     runner.join(20)
     assert result == {"code": EXIT_OK}
     assert time.monotonic() - started < 15
+
+
+def test_a_worker_whose_token_the_api_refuses_stops_with_exit_unauthorized(
+    stack: tuple[LiveApi, str],
+) -> None:
+    live, amqp_url = stack
+    # Given a daemon registered with the API, whose worker token the API then stops
+    # accepting (rotated on the API side while the worker runs)
+    vms = BootForbidden()
+    daemon = Daemon(live.config, ImageCatalogue(IMAGES), vms, InternalApi(live.url, WORKER_TOKEN))
+    daemon.start()
+    rotated = dataclasses.replace(live.config.api, worker_token="rotated-" + WORKER_TOKEN)
+    live.app.state.config = dataclasses.replace(live.config, api=rotated)
+    result: dict[str, int] = {}
+    runner = threading.Thread(target=lambda: result.setdefault("code", daemon.run_until_stopped()))
+    runner.start()
+    # When a job arrives and its claim is refused with 401
+    job_id = live.submit(MANIFEST)
+    runner.join(30)
+    # Then the worker stops by itself and tells systemd why: not a kill (4), a refused
+    # token (3), which a restart alone does not fix
+    assert not runner.is_alive()
+    assert result == {"code": EXIT_UNAUTHORIZED}
+    # And nothing was booted, and the job waits in its queue for a worker that may claim it
+    assert vms.calls == 0
+    assert live.job(job_id)["status"] == "queued"
+    wait_for_depth(amqp_url, "buildworker.jobs.debian/bookworm@amd64", 1)
 
 
 def test_a_delivery_for_an_unknown_job_is_dead_lettered(stack: tuple[LiveApi, str]) -> None:

@@ -30,10 +30,11 @@ from worker_helpers import (
     vm_work_dir,
 )
 
+from buildworker.exitcodes import EXIT_OK
 from buildworker.guest.hypervisor import Hypervisor
 from buildworker.guest.images import ImageCatalogue
 from buildworker.worker.apiclient import InternalApi
-from buildworker.worker.daemon import EXIT_OK, Daemon
+from buildworker.worker.daemon import Daemon
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 

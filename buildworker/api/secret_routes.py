@@ -1,5 +1,8 @@
 """The secrets API: create (`POST /api/secrets`), list metadata, delete.
 
+(Named ``secret_routes``, not ``secrets``, so it is never mistaken for the standard
+library's `secrets` that buildworker.api.auth imports for its tokens.)
+
 Secret material is encrypted with Fernet under `[api] secret-key` before it reaches the
 database and is never returned by the public API; only the internal claim of a job that
 holds the lease gets it back (buildworker.api.internal).
@@ -19,13 +22,14 @@ from sqlalchemy.orm import Session
 
 from buildworker.api.body import OPENAPI_FORM_OR_JSON, opt_str, read_body
 from buildworker.api.crypto import SecretBox, SecretsDisabled
-from buildworker.api.deps import SessionDep, current_user
+from buildworker.api.deps import SessionDep, current_user, get_config
 from buildworker.api.errors import ApiError
 from buildworker.api.pagination import paginate
 from buildworker.api.serialize import format_time
 from buildworker.db.models import Secret, User
+from buildworker.secret_types import SECRET_TYPES
 
-__all__ = ["SECRET_TYPES", "decrypt_secret", "router", "secret_dict"]
+__all__ = ["decrypt_secret", "router", "secret_dict"]
 
 log = structlog.get_logger()
 router = APIRouter(prefix="/api", tags=["secrets"])
@@ -34,7 +38,6 @@ ReadUser = Annotated[User, Depends(current_user("secrets:read"))]
 WriteUser = Annotated[User, Depends(current_user("secrets:write"))]
 Body = Annotated[dict[str, Any], Depends(read_body)]
 
-SECRET_TYPES = ("ssh_key", "pgp_key", "plaintext_file")
 #: Largest secret accepted, as builds.sr.ht's `secret` column.
 MAX_SECRET_SIZE = 16384
 MAX_PATH = 512
@@ -200,7 +203,7 @@ def create_secret(
 
 @router.get("/secrets", summary="List your secrets (metadata only, paginated)")
 def list_secrets(request: Request, user: ReadUser, session: SessionDep) -> dict[str, Any]:
-    config = request.app.state.config
+    config = get_config(request)
     return paginate(
         session,
         request,

@@ -1,16 +1,25 @@
-"""Pure retry timing: how long to wait before attempt N (no I/O, no sleeping here)."""
+"""Pure retry timing: how long to wait before attempt N (no I/O, no sleeping here).
+
+The one backoff of the project: the API's outbox publisher and republish monitor (broker
+reconnects) and the worker's consumer (broker reconnects) and internal API client (request
+retries) all wait by it, so they all spread out the same way after an outage.
+"""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
 
-__all__ = ["compute_backoff"]
+__all__ = ["BROKER_RECONNECT_START_S", "compute_backoff"]
 
 #: Default first delay, in seconds.
 BACKOFF_BASE_S = 0.2
 #: Default ceiling for a single delay, in seconds.
 BACKOFF_MAX_S = 10.0
+#: First wait after a lost broker connection, in seconds, on the API side (outbox publisher,
+#: republish monitor) and the worker side (consumer) alike; each doubles up to its
+#: ``[broker] reconnect-max``.
+BROKER_RECONNECT_START_S = 0.5
 
 
 def compute_backoff(
