@@ -275,6 +275,13 @@ class WorkerConfig:
         default=1024**2,
         metadata=opt("size", "part of max-log-size only the setup log may use"),
     )
+    mask_min_length: int = field(
+        default=4,
+        metadata=opt(
+            "int",
+            "secrets (and lines of secrets) shorter than this many bytes are not masked in logs",
+        ),
+    )
     standby: float = field(
         default=600.0,
         metadata=opt("duration", "a failed build's VM waits this long for an SSH login"),

@@ -89,7 +89,7 @@ class HealthReport:
 def _run_one(check: Check) -> CheckResult:
     try:
         result = check()
-    except Exception as exc:
+    except Exception as exc:  # a check that raises is a failed check, named in the report
         return fail(f"{type(exc).__name__}: {exc}")
     if not isinstance(result, CheckResult):
         return fail(f"check returned {type(result).__name__}, not a CheckResult")

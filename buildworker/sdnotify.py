@@ -185,7 +185,7 @@ class WatchdogPinger:
     def _is_healthy(self) -> bool:
         try:
             return bool(self._healthy())
-        except Exception:
+        except Exception:  # the pinger thread's edge: a broken predicate withholds pings
             _log.exception("watchdog.health_check_error")
             return False
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hmac
 import posixpath
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import structlog
@@ -187,13 +188,18 @@ def _secrets_for(
     request: Request, session: Session, job: Job
 ) -> tuple[list[ClaimedSecret], list[dict[str, str]]]:
     """(decrypted secrets, problems) for the secrets the job's manifest references."""
-    try:
-        # The limits were checked at submit; they may have been lowered since.
-        refs = parse_manifest(
-            job.manifest, max_size=len(job.manifest.encode()) + 1, max_artifacts=2**31
-        ).secrets
-    except ManifestError:
-        refs = ()  # accepted at submit; a parser change since then must not strand the job
+    refs: Sequence[str]
+    if job.secret_refs is not None:
+        refs = job.secret_refs  # parsed at submit
+    else:
+        # A job from before revision 0006: parse its manifest once more. The limits were
+        # checked at submit; they may have been lowered since.
+        try:
+            refs = parse_manifest(
+                job.manifest, max_size=len(job.manifest.encode()) + 1, max_artifacts=2**31
+            ).secrets
+        except ManifestError:
+            refs = ()  # accepted at submit; a parser change since must not strand the job
     box = request.app.state.secret_box
     found: list[ClaimedSecret] = []
     problems: list[dict[str, str]] = []

@@ -267,7 +267,7 @@ class DatabaseCollector(Collector):
         up = GaugeMetricFamily("buildworker_db_up", "1 if the database gauges could be read")
         try:
             metrics = self._query()
-        except Exception as exc:
+        except Exception as exc:  # any database failure: the scrape still answers, db_up=0
             _log.warning("metrics.database_error", error=f"{type(exc).__name__}: {exc}")
             up.add_metric([], 0)
             return [up]

@@ -235,6 +235,7 @@ def submit_job(
         arch=arch,
         status=JobStatus.PENDING.value,
         secrets=bool(with_secrets),
+        secret_refs=list(manifest.secrets),
         access_read=read if read is not None else ["*"],
         access_write=write or [],
         attempt=0,

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         max_task_log_bytes=config.worker.max_task_log_size,
         setup_log_reserve_bytes=config.worker.setup_log_reserve,
         max_artifact_bytes=config.api.max_artifact_size,
+        mask_min_length=config.worker.mask_min_length,
     )
     spec = JobSpec(
         job_id=os.getpid(),

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     # Our own log lines (and stdlib ones: paramiko, pika) are masked with the secrets of
     # the jobs running at the time; the runner adds and removes them.
-    log_needles = NeedleSet()
+    log_needles = NeedleSet(min_len=config.worker.mask_min_length)
     configure_logging(config.log.format, config.log.level, masker=structlog_masker(log_needles))
     try:
         notifier = Notifier.from_environ()

@@ -174,6 +174,9 @@ class Job(Base):
         String(16), nullable=False, default=JobStatus.PENDING.value, index=True
     )
     secrets: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    #: the manifest's secret references (UUIDs or names) as parsed at submit, so the claim
+    #: resolves them without parsing the manifest again; None for jobs from before 0006
+    secret_refs: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     #: usernames with read access; "*" = public. The owner is always allowed.
     access_read: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=lambda: ["*"])
     #: usernames with write access (start/cancel). The owner is always allowed.

@@ -290,7 +290,7 @@ class ControlServer:
                 _log.warning("control.peer_refused", uid=uid)
                 return
             Session(self, conn).run()
-        except Exception:
+        except Exception:  # the session thread's edge: one user's session never takes the server
             _log.exception("control.session_crashed")
         finally:
             with contextlib.suppress(OSError):

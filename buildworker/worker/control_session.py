@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 import structlog
 
+from buildworker.guest.errors import GuestLayerError
 from buildworker.ssh import protocol as proto
 from buildworker.ssh.texts import banner, ended_notice, not_on_this_host
 from buildworker.worker.control_access import AccessRefused, JobAccess
@@ -203,7 +204,7 @@ class Session:
         command = request.get("command")
         try:
             chan = guest.open_channel()
-        except Exception as exc:
+        except GuestLayerError as exc:  # the guest layer wraps paramiko's errors in its own
             self._log.warning("control.channel_failed", error=str(exc))
             self._say("The build environment cannot be reached (its VM may be shutting down).")
             return ENDED_STATUS

@@ -120,6 +120,7 @@ class Daemon:
                 max_artifact_bytes=config.api.max_artifact_size,
                 standby_s=config.worker.standby,
                 shell_idle_s=config.worker.shell_idle,
+                mask_min_length=config.worker.mask_min_length,
             ),
             log_needles=log_needles,
         )

@@ -85,12 +85,14 @@ def _text_forms(text: str) -> list[bytes]:
     return [f.encode() for f in forms]
 
 
-def needles_for(value: bytes | str) -> tuple[list[bytes], bool]:
+def needles_for(value: bytes | str, min_len: int = MIN_NEEDLE_LEN) -> tuple[list[bytes], bool]:
     """All byte strings that must be masked for one secret value.
 
     Returns ``(needles, too_short)``: ``too_short`` is true when the value (or every line of
-    it) is shorter than :data:`MIN_NEEDLE_LEN`, i.e. nothing of it will be masked.
+    it) is shorter than ``min_len`` (``[worker] mask-min-length``), i.e. nothing of it will
+    be masked.
     """
+    min_len = max(1, min_len)  # an empty needle would match everywhere
     raw = value.encode() if isinstance(value, str) else value
     stripped = raw.strip(b"\r\n")
     lines = [line.strip(b"\r") for line in stripped.split(b"\n")]
@@ -107,11 +109,11 @@ def needles_for(value: bytes | str) -> tuple[list[bytes], bool]:
     candidates.extend(_b64_forms(stripped))
     if stripped != raw:
         candidates.extend(_b64_forms(raw))
-    if max(len(line.strip()) for line in lines) < MIN_NEEDLE_LEN:
+    if max(len(line.strip()) for line in lines) < min_len:
         # Its quoted or encoded forms would be long enough, but masking those alone
         # would suggest a protection the raw value does not get.
         return [], True
-    needles = sorted({c for c in candidates if len(c) >= MIN_NEEDLE_LEN}, key=len, reverse=True)
+    needles = sorted({c for c in candidates if len(c) >= min_len}, key=len, reverse=True)
     return needles, False
 
 
@@ -121,6 +123,8 @@ class NeedleSet:
 
     needles: set[bytes] = field(default_factory=set)
     too_short: list[str] = field(default_factory=list)
+    #: values (and lines of values) shorter than this are not masked
+    min_len: int = MIN_NEEDLE_LEN
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _version: int = 0
     _counts: dict[bytes, int] = field(default_factory=dict, repr=False)
@@ -128,7 +132,7 @@ class NeedleSet:
     def add(self, value: bytes | str, name: str = "secret") -> list[bytes]:
         """Mask ``value`` from now on; record ``name`` when it is too short to mask.
         Returns the needles added (for :meth:`discard`)."""
-        found, short = needles_for(value)
+        found, short = needles_for(value, self.min_len)
         with self._lock:
             self.needles.update(found)
             for needle in found:

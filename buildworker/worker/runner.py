@@ -60,6 +60,8 @@ class RunnerSettings:
     standby_s: float = 600.0
     #: how long a ``shell: true`` build's VM waits for a first SSH login
     shell_idle_s: float = 600.0
+    #: secrets shorter than this are not masked (``[worker] mask-min-length``)
+    mask_min_length: int = 4
 
 
 @dataclass
@@ -118,7 +120,7 @@ class BuildRunner:
             log = structlog.get_logger().bind(
                 job_id=spec.job_id, attempt=spec.attempt, image=spec.manifest.image
             )
-        needles = NeedleSet()
+        needles = NeedleSet(min_len=self._settings.mask_min_length)
         added: list[bytes] = []
         for secret in spec.secrets:
             needles.add(secret.data, secret.name or secret.uuid)
@@ -418,12 +420,12 @@ class BuildRunner:
         if conn is not None:
             try:
                 conn.close()
-            except Exception as exc:
+            except Exception as exc:  # teardown must reach the destroy below whatever this was
                 log.warning("ssh_close_failed", error=str(exc))
         if guest is not None:
             try:
                 guest.destroy()
-            except Exception as exc:
+            except Exception as exc:  # the outermost edge of teardown: log it, the reaper retries
                 log.error("vm_destroy_failed", error=str(exc))
 
     @staticmethod
@@ -435,7 +437,7 @@ class BuildRunner:
             if status == "running":
                 try:
                     ctx.set_task_status(name, "failed")
-                except Exception as exc:
+                except Exception as exc:  # after the build: a lost report must not hide the end
                     ctx.log.warning("task_status_failed", task=name, error=str(exc))
 
 

@@ -291,6 +291,26 @@ def test_claim_returns_decrypted_secrets_when_the_job_has_them_on(
     assert claim(client, without)["secrets"] == []
 
 
+def test_the_claim_uses_the_references_parsed_at_submit_and_parses_older_jobs(
+    app: FastAPI, client: TestClient, alice: Account
+) -> None:
+    key = _secret(client, alice, type="ssh_key", data="k\n")
+    manifest = f"image: debian/bookworm\nsecrets: [{key}]\ntasks:\n  - build: echo\n"
+    stored, older = submit(client, alice, manifest), submit(client, alice, manifest)
+    with app.state.sessionmaker() as session:
+        # Given the references stored at submit, and a manifest the claim could not parse
+        job = session.get_one(Job, stored)
+        assert job.secret_refs == [key]
+        job.manifest = "image: [this no longer parses"
+        # and a job from before the references were stored (revision 0006)
+        session.get_one(Job, older).secret_refs = None
+        session.commit()
+    # Then the claim resolves the stored references without parsing the manifest
+    assert [s["uuid"] for s in claim(client, stored)["secrets"]] == [key]
+    # and parses the manifest of the older job
+    assert [s["uuid"] for s in claim(client, older)["secrets"]] == [key]
+
+
 def test_a_job_whose_secret_vanished_fails_at_claim_saying_why(
     client: TestClient, app: FastAPI, alice: Account
 ) -> None:

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from worker_helpers import IMAGES, SSH_KEY, WORKER_TOKEN, LiveApi, api_config, vm_work_dir
 
@@ -131,3 +132,61 @@ def test_kill_9_mid_build_reruns_the_job_once_and_sigterm_drains(
                 proc.kill()
                 proc.wait(10)
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def test_no_line_of_the_workers_own_log_holds_a_secret(
+    live: LiveApi, amqp_url: str, tmp_path: Path
+) -> None:
+    import base64
+    import json
+    import uuid
+
+    # Given a secret, and two builds that put it where the worker's own log looks:
+    secret = f"leak{uuid.uuid4().hex}"
+    response = httpx.post(
+        f"{live.url}/api/secrets",
+        json={
+            "name": "leaky",
+            "type": "plaintext_file",
+            "data_b64": base64.b64encode(secret.encode()).decode(),
+            "path": "~/.config/leaky",
+            "mode": "600",
+        },
+        headers=live.headers(),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    # a task that fails with a message quoting the secret
+    failing = live.submit(
+        "image: debian/bookworm\nsecrets: [leaky]\ntasks:\n"
+        '  - leak: |\n      echo "cannot use $(cat ~/.config/leaky)" >&2\n      exit 1\n'
+    )
+    # and an exception raised inside a step (artifacts) whose text carries the secret
+    in_step = live.submit(
+        "image: debian/bookworm\nsecrets: [leaky]\ntasks:\n  - ok: echo fine\n"
+        f"artifacts: [out/{secret}.txt]\n"
+    )
+    conf = worker_conf(
+        tmp_path / "worker.conf", live, amqp_url, vm_work_dir(), f"mask-{uuid.uuid4().hex[:6]}"
+    )
+    # (no standby: the first failed build must not hold the one slot for its owner)
+    text = conf.read_text().replace("drain-timeout = 5m\n", "drain-timeout = 5m\nstandby = 0\n")
+    conf.write_text(text + "format = json\n")  # under [log], the last section
+    log = tmp_path / "worker.log"
+    worker = start_worker(conf, log)
+    try:
+        for job_id in (failing, in_step):
+            wait_for(lambda j=job_id: live.job(j)["status"] == "failed", 400, f"job {job_id}")
+    finally:
+        worker.send_signal(15)
+        worker.wait(120)
+    # Then every line of the worker's output is JSON and none holds the secret
+    lines = log.read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert all(secret not in line for line in lines)
+    # and the masker was what kept it out: the step's error reached the log, masked
+    reasons = [str(e.get("reason", "")) for e in events if e.get("event") == "build_finished"]
+    assert any("[MASKED]" in r and "artifact out/" in r for r in reasons), reasons
+    # (the job's own logs are masked by the redactor as always)
+    assert secret.encode() not in task_log(live, failing, "leak")
+    assert b"cannot use [MASKED]" in task_log(live, failing, "leak")

@@ -149,3 +149,23 @@ def test_our_own_log_events_are_masked_while_the_job_runs() -> None:
     assert event == {"event": "x", "error": "exit 1: [MASKED]", "n": 3}
     needles.discard(added)
     assert mask(None, "info", {"error": "p4ssw0rd-value"}) == {"error": "p4ssw0rd-value"}
+
+
+def test_the_minimum_masked_length_is_the_configured_one() -> None:
+    from buildworker.config import parse_config
+
+    config = parse_config("[worker]\nmask-min-length = 8\n")
+    assert config.worker.mask_min_length == 8
+    strict = NeedleSet(min_len=config.worker.mask_min_length)
+    strict.add("abcdefg", "seven")  # 7 bytes: under the floor, named, not masked
+    strict.add("abcdefgh", "eight")
+    assert strict.too_short == ["seven"]
+    assert b"abcdefgh" in strict.needles and b"abcdefg" not in strict.needles
+    # the default keeps 4-byte values masked
+    default = NeedleSet()
+    default.add("abcd", "four")
+    assert b"abcd" in default.needles and default.too_short == []
+    # a floor of 0 cannot make an empty needle that would mask everything
+    loose = NeedleSet(min_len=0)
+    loose.add("x", "one")
+    assert b"" not in loose.needles and b"x" in loose.needles

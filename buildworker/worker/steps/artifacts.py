@@ -35,7 +35,8 @@ def run(ctx: BuildContext) -> None:
                 url = ctx.reporter.upload_artifact(path, spool, size)
             except Cancelled:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # whatever the reporter hit (API refusal or outage, a
+                # local copy that failed), the artifact is lost and so is the build's result
                 ctx.say(f"Error: could not store artifact {path}: {exc}")
                 raise BuildFailed(f"artifact {path}: upload failed: {exc}") from exc
         ctx.say(f"Uploaded {path} ({size} bytes): {url}")
