@@ -99,7 +99,7 @@ def drain(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()
-        messages = []
+        messages: list[tuple[Any, bytes]] = []
         while True:
             method, props, body = channel.basic_get(queue, auto_ack=True)
             if method is None:

@@ -112,12 +112,12 @@ def test_cancel_pending_queued_running_and_finished(
     for job_id in (pending, queued, running):
         response = client.post(f"/api/jobs/{job_id}/cancel", headers=alice.headers())
         assert response.status_code == 200 and response.json() == {}
-    status = {
+    statuses = {
         j: client.get(f"/api/jobs/{j}", headers=alice.headers()).json()["status"]
         for j in (pending, queued, running)
     }
     # pending and queued are cancelled at once; running waits for the worker's heartbeat
-    assert status == {pending: "cancelled", queued: "cancelled", running: "running"}
+    assert statuses == {pending: "cancelled", queued: "cancelled", running: "running"}
     with app.state.sessionmaker() as session:
         row = session.get(Job, running)
         assert row is not None and row.cancel_requested is True

@@ -348,8 +348,11 @@ def test_the_follower_puts_a_header_on_its_own_line_after_a_partial_line(
 
         sink = Sink()
         status = Follower(
-            client, f"{live_api.url}/api/jobs/{job_id}", sink, interval_s=0.05
-        ).follow()  # type: ignore[arg-type]
+            client,
+            f"{live_api.url}/api/jobs/{job_id}",
+            sink,  # type: ignore[arg-type]  # write and flush are all Follower uses
+            interval_s=0.05,
+        ).follow()
     worker.join(30)
     assert status == "success"
     for line in sink.data.split(b"\n"):

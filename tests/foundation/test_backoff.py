@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from buildworker.backoff import BROKER_RECONNECT_START_S, compute_backoff
@@ -43,6 +45,6 @@ def test_api_client_retries_stay_within_their_cap_with_the_real_random() -> None
 @pytest.mark.parametrize(
     "kwargs", [{"base_s": -1}, {"max_s": -1}, {"factor": 0.5}, {"jitter": 1.5}]
 )
-def test_out_of_range_parameters_are_refused(kwargs: dict[str, float]) -> None:
+def test_out_of_range_parameters_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="out of range"):
         compute_backoff(0, **kwargs)

@@ -364,7 +364,12 @@ def test_a_start_waits_for_the_host_lock(tmp_path: Path) -> None:
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         started = threading.Event()
-        thread = threading.Thread(target=lambda: (grant.start(), started.set()))
+
+        def start() -> None:
+            grant.start()
+            started.set()
+
+        thread = threading.Thread(target=start)
         thread.start()
         assert not started.wait(1.0)
         fcntl.flock(handle, fcntl.LOCK_UN)

@@ -45,7 +45,7 @@ def test_a_check_that_raises_is_a_failed_check_naming_the_exception() -> None:
 
 
 def test_a_check_returning_something_else_fails() -> None:
-    report = HealthChecks([("odd", lambda: True)]).run()  # type: ignore[list-item]
+    report = HealthChecks([("odd", lambda: True)]).run()  # type: ignore[list-item,return-value]
     assert not report.ok
     assert "not a CheckResult" in report.body()["checks"]["odd"]["detail"]
 

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
@@ -73,7 +74,7 @@ class Recorder:
 
 
 def job_in_guest(
-    entry_point: EntryPoint, conn: GuestConnection, **fields: object
+    entry_point: EntryPoint, conn: GuestConnection, **fields: Any
 ) -> tuple[int, JobHandle, Recorder]:
     job = entry_point.submit_running_job(**fields)
     recorder = Recorder()

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
@@ -27,7 +28,7 @@ from .entry import KEYS_USER, SSH_USER, EntryPoint, free_port
 pytestmark = pytest.mark.slow
 
 
-def as_user(user: str, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def as_user(user: str, *argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["runuser", "-u", user, "--", *argv],
         capture_output=True,
@@ -96,7 +97,7 @@ def test_the_keys_command_prints_a_forced_restricted_line_for_the_keys_owner(
     assert unknown.returncode == 0 and unknown.stdout == ""
 
 
-def registered_job(entry_point: EntryPoint, **fields: object) -> tuple[int, JobHandle]:
+def registered_job(entry_point: EntryPoint, **fields: Any) -> tuple[int, JobHandle]:
     job = entry_point.submit_running_job(**fields)
     handle = entry_point.control.register(job, deadline=lambda: time.time() + 600)
     return job, handle

@@ -67,7 +67,12 @@ def page(browser: Any, live: Live) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1000, "height": 900})
     page = context.new_page()
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.dialogs = dialogs  # type: ignore[attr-defined]
     yield page
     context.close()
@@ -216,7 +221,7 @@ def test_a_second_user_and_a_visitor_see_only_what_the_api_lets_them(
 
     if not hasattr(live, "bob"):
         live.bob = add_user(live.api.app, "bob")  # type: ignore[attr-defined]
-    private = live.submit(note="alice's private plan", **{"access:read": []})
+    private = live.submit(note="alice's private plan", **{"access:read": []})  # type: ignore[arg-type]
     public = live.submit(note="alice's public build")
     worker = live.worker(public)
     worker.log("build", b"running\n")

@@ -129,7 +129,12 @@ def test_submit_watch_download_resubmit_and_cancel_in_a_browser(stack: Stack) ->
         )
         page = context.new_page()
         dialogs: list[str] = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+        def on_dialog(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
         # Sign in, submit a manifest from the form, land on the job page
         browser_sign_in(page, base, "alice")
         page.goto(f"{base}/submit")

@@ -170,9 +170,9 @@ def test_private_jobs_are_404_for_others_and_public_ones_show_no_cancel_button(
     alice = signed_in(site, "alice")
     bob = signed_in(site, "bob")
     anonymous = site.client()
-    private = submit_api(alice, site.tokens["alice"], note="secret plan", **{"access:read": []})
+    private = submit_api(alice, site.tokens["alice"], note="secret plan", **{"access:read": []})  # type: ignore[arg-type]
     public = submit_api(alice, site.tokens["alice"], note="open work")
-    shared = submit_api(alice, site.tokens["alice"], **{"access:read": ["bob"]})
+    shared = submit_api(alice, site.tokens["alice"], **{"access:read": ["bob"]})  # type: ignore[arg-type]
     run_job(alice, private, logs={"build": b"private output\n"}, end=False)
     # The owner sees both, with a cancel button
     assert "secret plan" in alice.get(f"/~alice/job/{private}").text
@@ -202,7 +202,7 @@ def test_private_jobs_are_404_for_others_and_public_ones_show_no_cancel_button(
 def test_signed_out_visitors_see_public_jobs_only(site: Site) -> None:
     alice = signed_in(site, "alice")
     submit_api(alice, site.tokens["alice"], note="visible one")
-    submit_api(alice, site.tokens["alice"], note="hidden one", **{"access:read": []})
+    submit_api(alice, site.tokens["alice"], note="hidden one", **{"access:read": []})  # type: ignore[arg-type]
     home = site.client().get("/").text
     assert "Public jobs" in home and "visible one" in home and "hidden one" not in home
 
@@ -373,7 +373,7 @@ def test_resubmit_prefills_the_old_manifest_with_a_resubmitted_note(site: Site) 
         and resubmit_note(None) == "(resubmitted)"
     )
     # Someone who may not read the job cannot resubmit it
-    private = submit_api(alice, site.tokens["alice"], **{"access:read": []})
+    private = submit_api(alice, site.tokens["alice"], **{"access:read": []})  # type: ignore[arg-type]
     assert signed_in(site, "bob").get(f"/resubmit/{private}").status_code == 404
 
 
@@ -468,7 +468,7 @@ def test_rss_feeds_parse_and_link_to_pages(site: Site) -> None:
     alice = signed_in(site, "alice")
     a = submit_api(alice, site.tokens["alice"], note="one <b>&", tags=["proj"])
     submit_api(alice, site.tokens["alice"], note="two", tags=["other"])
-    submit_api(alice, site.tokens["alice"], note="private", tags=["proj"], **{"access:read": []})
+    submit_api(alice, site.tokens["alice"], note="private", tags=["proj"], **{"access:read": []})  # type: ignore[arg-type]
     feed = feedparser.parse(site.client().get("/~alice/proj/rss.xml").content)
     assert not feed.bozo, feed.bozo_exception
     assert [e.title for e in feed.entries] == [f"#{a} (QUEUED)"]

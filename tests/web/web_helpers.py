@@ -95,7 +95,7 @@ class PlayedWorker:
 
     def log(self, name: str, data: bytes) -> None:
         """Append to a task's log, or to the setup log for name "setup"."""
-        from buildworker.worker.apiclient import SETUP_LOG as SETUP
+        from buildworker.worker.logs import SETUP_LOG as SETUP
 
         log = SETUP if name == "setup" else name
         offset = self.offsets.get(name, 0)

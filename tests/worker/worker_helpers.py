@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 # --- a real API tier, served by uvicorn on a loopback port ---------------------------------
 
@@ -30,7 +30,12 @@ def free_port() -> int:
 class LiveApi:
     """The real API app (SQLite, a store in tmp) under uvicorn on 127.0.0.1; restartable."""
 
-    def __init__(self, config: Any, lifespan: str = "off", port: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        lifespan: Literal["auto", "on", "off"] = "off",
+        port: int | None = None,
+    ) -> None:
         from buildworker.api.accounts import create_token, create_user
         from buildworker.api.app import create_app
 
