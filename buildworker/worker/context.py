@@ -246,10 +246,7 @@ class BuildContext:
         try:
             yield
         except GuestLayerError as exc:
-            raise self._outcome(exc, what) from exc
-
-    def _outcome(self, exc: GuestLayerError, what: str) -> WorkerError:
-        return guest_outcome(exc, what, self.cancel, self.remaining())
+            raise guest_outcome(exc, what, self.cancel, self.remaining()) from exc
 
     def set_task_status(self, name: str, status: str) -> None:
         """Record and report a task's status (logs are flushed first so they stay in order)."""

@@ -65,6 +65,11 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+
+        def per_image(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            # Most timings are per (image, arch): one place that says so.
+            return Histogram(name, doc, ["image", "arch"], buckets=buckets, registry=r)
+
         # --- builds.sr.ht's names ------------------------------------------------------------
         self.srht_workers = Gauge(
             "buildsrht_build_workers", "Configured build slots (builds.sr.ht)", registry=r
@@ -85,12 +90,10 @@ class WorkerMetrics:
             ["image", "arch"],
             registry=r,
         )
-        self.srht_settle = Histogram(
+        self.srht_settle = per_image(
             "buildsrht_vm_settle_duration_seconds",
             "Boot request to SSH answering (builds.sr.ht)",
-            ["image", "arch"],
-            buckets=_SRHT_SETTLE_BUCKETS,
-            registry=r,
+            _SRHT_SETTLE_BUCKETS,
         )
         # --- ours -----------------------------------------------------------------------------
         self.ready = Gauge(
@@ -105,33 +108,19 @@ class WorkerMetrics:
             "Busy slots whose VM waits for SSH sessions (failure standby, shell: true)",
             registry=r,
         )
-        self.queue_wait = Histogram(
-            "buildworker_job_queue_wait_seconds",
-            "Enqueue (outbox row) to claim",
-            ["image", "arch"],
-            buckets=_QUEUE_BUCKETS,
-            registry=r,
+        self.queue_wait = per_image(
+            "buildworker_job_queue_wait_seconds", "Enqueue (outbox row) to claim", _QUEUE_BUCKETS
         )
-        self.boot = Histogram(
-            "buildworker_vm_boot_seconds",
-            "Define to domain running",
-            ["image", "arch"],
-            buckets=_VM_BUCKETS,
-            registry=r,
+        self.boot = per_image(
+            "buildworker_vm_boot_seconds", "Define to domain running", _VM_BUCKETS
         )
-        self.settle = Histogram(
-            "buildworker_vm_settle_seconds",
-            "Domain running to first SSH login",
-            ["image", "arch"],
-            buckets=_VM_BUCKETS,
-            registry=r,
+        self.settle = per_image(
+            "buildworker_vm_settle_seconds", "Domain running to first SSH login", _VM_BUCKETS
         )
-        self.setup = Histogram(
+        self.setup = per_image(
             "buildworker_job_setup_seconds",
             "Env, secrets, repositories, packages and sources (login to first task)",
-            ["image", "arch"],
-            buckets=_SETUP_BUCKETS,
-            registry=r,
+            _SETUP_BUCKETS,
         )
         self.task_duration = Histogram(
             "buildworker_task_duration_seconds",

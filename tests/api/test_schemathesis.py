@@ -15,6 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import schemathesis
+
+# Imported now, at collection, not lazily inside the run: pytest rewrites a plugin's modules
+# on first import, and CPython 3.11's compiler can fail that with "SystemError: AST
+# constructor recursion depth mismatch" when it happens while other threads run.
+import schemathesis.generation.jsonschema.strategy
 from api_helpers import MANIFEST, WORKER_TOKEN, make_account
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from ops_helpers import UNREACHABLE_BROKER, ops_config
+from ops_helpers import UNREACHABLE_BROKER, NotifyListener, ops_config
 from tcp_proxy import TcpProxy
 
 from buildworker.api.app import create_app
@@ -50,3 +50,11 @@ def make_proxy() -> Iterator[Callable[[int], TcpProxy]]:
     yield make
     for proxy in made:
         proxy.close()
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[NotifyListener]:
+    """systemd's end of NOTIFY_SOCKET, in the test's directory."""
+    sock = NotifyListener(tmp_path)
+    yield sock
+    sock.close()

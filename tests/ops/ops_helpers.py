@@ -34,6 +34,28 @@ MANIFEST = "image: debian/bookworm\ntasks:\n  - build: echo hello\n"
 BIN = Path(sys.executable).parent / "buildworker"
 
 
+def status_code(url: str) -> int:
+    """``GET url``'s status; 0 while nothing listens (or the connection breaks)."""
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.TransportError:
+        return 0
+
+
+def start_worker(
+    conf: Path, log: Path, *, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`buildworker worker` with ``conf``, output to ``log``, without our NOTIFY_SOCKET."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    environ.update(env or {})
+    return subprocess.Popen(
+        [str(BIN), "--config", str(conf), "worker"],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=environ,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,6 +18,7 @@ from ops_helpers import (
     free_port,
     ops_config,
     start_api,
+    status_code,
     stop,
     wait_for,
     with_vhost_path,
@@ -29,20 +30,6 @@ from buildworker.commands.api import ApiService
 from buildworker.sdnotify import Notifier
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[NotifyListener]:
-    sock = NotifyListener(tmp_path)
-    yield sock
-    sock.close()
-
-
-def status_code(url: str) -> int:
-    try:
-        return httpx.get(url, timeout=5).status_code
-    except httpx.TransportError:
-        return 0
 
 
 def test_api_process_notifies_ready_only_when_ready_pings_and_says_stopping(

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ops_helpers import NotifyListener, wait_for
 
 from buildworker.sdnotify import Notifier, NotifyError, WatchdogPinger
-
-
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[NotifyListener]:
-    sock = NotifyListener(tmp_path)
-    yield sock
-    sock.close()
 
 
 def test_without_notify_socket_every_call_is_a_no_op() -> None:

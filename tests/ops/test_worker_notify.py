@@ -17,11 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 from ops_helpers import (
-    BIN,
     NotifyListener,
     answers_200,
     free_port,
     ops_config,
+    start_worker,
+    status_code,
     stop,
     wait_for,
     with_vhost_path,
@@ -48,13 +49,6 @@ IMAGES = (REPO / "images" / "debian" / "bookworm").resolve().parents[1]
 
 
 @pytest.fixture
-def listener(tmp_path: Path) -> Iterator[NotifyListener]:
-    sock = NotifyListener(tmp_path)
-    yield sock
-    sock.close()
-
-
-@pytest.fixture
 def api(tmp_path: Path, sqlite_url: str, amqp_url: str) -> Iterator[str]:
     app = create_app(ops_config(sqlite_url, tmp_path / "api", amqp_url))
     port = free_port()
@@ -67,13 +61,6 @@ def api(tmp_path: Path, sqlite_url: str, amqp_url: str) -> Iterator[str]:
     service.stop()
     thread.join(30)
     app.state.engine.dispose()
-
-
-def status_code(url: str) -> int:
-    try:
-        return httpx.get(url, timeout=5).status_code
-    except httpx.TransportError:
-        return 0
 
 
 def test_worker_notifies_ready_only_when_the_broker_answers_pings_and_says_stopping(
@@ -97,17 +84,8 @@ def test_worker_notifies_ready_only_when_the_broker_answers_pings_and_says_stopp
         f"[vm]\nssh-key = {REPO / '.state/id_ed25519'}\nwork-dir = {tmp_path / 'vms'}\n"
     )
     log = tmp_path / "worker.log"
-    import os
-    import subprocess
-
-    environ = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    environ.update({"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "1000000"})
-    proc = subprocess.Popen(
-        [str(BIN), "--config", str(conf), "worker"],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=environ,
-    )
+    env = {"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "1000000"}
+    proc = start_worker(conf, log, env=env)
     try:
         # When the worker is up, it answers /healthz but is not ready, and says why
         wait_for(lambda: status_code(f"{base}/healthz") == 200, 60, "the worker to serve")
