@@ -358,9 +358,31 @@ class VmConfig:
         default="libvirt-qemu",
         metadata=opt("str", "user libvirt runs qemu as; the isolation rule matches its uid"),
     )
-    snapshot_boot: bool = field(
-        default=False,
-        metadata=opt("bool", "start guests from a saved post-boot memory snapshot (faster)"),
+    warm_start: bool = field(
+        default=True,
+        metadata=opt(
+            "bool", "start guests from a saved memory snapshot of a settled guest (no: cold boot)"
+        ),
+    )
+    snapshot_dir: Path = field(
+        default=_STATE / "snapshots",
+        metadata=opt("path", "where warm-start snapshots are kept (one per image and shape)"),
+    )
+    pool_size: int = field(
+        default=1,
+        metadata=opt("int", "restored guests kept waiting per image this worker serves (0: off)"),
+    )
+    pool_sizes: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("list", "per-image pool sizes, IMAGE[@ARCH]=N, over pool-size"),
+    )
+    pool_max_age: float = field(
+        default=1800.0,
+        metadata=opt("duration", "a pooled guest older than this is replaced by a fresh one"),
+    )
+    memory_budget: int = field(
+        default=0,
+        metadata=opt("size", "memory builds and the pool may use (0: 80% of the host's)"),
     )
 
 
@@ -481,12 +503,19 @@ _SECTIONS: dict[str, type] = {
 
 S = TypeVar("S")
 
+#: Keys that were renamed or removed: a config that still has one gets told what to write.
+_RENAMED = {
+    ("vm", "snapshot-boot"): "renamed to warm-start, which is on by default (yes/no)",
+}
+
 
 def _parse_section(name: str, cls: type[S], items: dict[str, str]) -> S:
     known = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     for key, text in items.items():
         spec = known.get(key)
+        if spec is None and (name, key) in _RENAMED:
+            raise ConfigError(f"{name}.{key}: {_RENAMED[name, key]}")
         if spec is None:
             raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
         try:

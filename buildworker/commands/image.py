@@ -1,4 +1,8 @@
-"""`buildworker image build <release>` / `buildworker image list`: the worker's base images."""
+"""`buildworker image build <release>` / `list` / `snapshot`: the worker's base images.
+
+``snapshot`` makes the warm-start snapshots ahead of time (docs/images.md, "Warm start"), so a
+worker's first job is a restore too; the worker makes them on demand otherwise.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     sub.add_parser("list", help="list the images and arches under [worker] images")
+    snap = sub.add_parser(
+        "snapshot", help="make the warm-start snapshot of images (all the worker serves)"
+    )
+    snap.add_argument(
+        "images", nargs="*", metavar="IMAGE[@ARCH]", help="e.g. debian/bookworm@amd64"
+    )
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -89,10 +99,53 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _snapshot(args: argparse.Namespace) -> int:
+    from buildworker.guest.errors import GuestLayerError
+    from buildworker.guest.hypervisor import Hypervisor
+    from buildworker.guest.images import ImageCatalogue
+
+    config = load_config(args.config)
+    catalogue = ImageCatalogue(config.worker.images)
+    wanted: list[tuple[str, str | None]] = []
+    try:
+        if args.images:
+            for item in args.images:
+                name, _, arch = item.partition("@")
+                wanted.append((name, arch or None))
+        else:
+            wanted = [(e["image"], e["default_arch"]) for e in catalogue.served()]
+        images = {}
+        for name, arch in wanted:
+            info = catalogue.resolve(name, arch)
+            images[info.disk, info.arch] = info  # aliases of one image: one snapshot
+        # No egress rule needed: the template runs no job code, only the image's own boot.
+        hv = Hypervisor(config.vm, worker_name=f"{config.worker.name}-snap", isolate=False)
+    except GuestLayerError as exc:
+        print(f"buildworker image snapshot: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    failed = 0
+    try:
+        for info in images.values():
+            try:
+                snapshot, made = hv.ensure_snapshot(info)
+            except GuestLayerError as exc:
+                print(f"{info.name} ({info.arch}): failed: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            print(
+                f"{info.name} ({info.arch}): {'made' if made else 'up to date'}: {snapshot.directory}"
+            )
+    finally:
+        hv.close()
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.image_command == "snapshot":
+        return _snapshot(args)
     if args.image_command == "build":
         return _build(args)
     if args.image_command == "list":
         return _list(args)
-    print("usage: buildworker image {build,list} ...", file=sys.stderr)
+    print("usage: buildworker image {build,list,snapshot} ...", file=sys.stderr)
     return EXIT_USAGE

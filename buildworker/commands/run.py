@@ -160,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if vms.making_snapshots() and not cancel.is_set():
+            # The build booted cold; its snapshot makes the next run a warm start.
+            print("buildworker run: saving a warm-start snapshot for the next run", file=sys.stderr)
+            vms.wait_snapshots(config.vm.settle_timeout + 120)
         vms.close()  # withdraws the forwards and allowed networks of this run
     summary = ", ".join(f"{name}: {status}" for name, status in result.task_statuses.items())
     print(

@@ -14,7 +14,7 @@ import sys
 
 import structlog
 
-from buildworker.config import Config, load_config
+from buildworker.config import Config, ConfigError, load_config
 from buildworker.exitcodes import EXIT_USAGE
 from buildworker.log import configure_logging
 from buildworker.sdnotify import Notifier, NotifyError, WatchdogPinger
@@ -23,6 +23,7 @@ from buildworker.worker.control import ControlServer
 from buildworker.worker.control_access import ApiAuthorizer
 from buildworker.worker.daemon import Daemon
 from buildworker.worker.health import readiness
+from buildworker.worker.metrics import WorkerMetrics
 from buildworker.worker.redact import NeedleSet, structlog_masker
 from buildworker.worker.supervisor import Supervisor
 
@@ -53,13 +54,35 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `buildworker --help` works on a host without libvirt.
     from buildworker.guest.hypervisor import Hypervisor
     from buildworker.guest.images import ImageCatalogue
+    from buildworker.guest.pool import vm_host_for
 
     catalogue = ImageCatalogue(config.worker.images)
     vms = Hypervisor(config.vm, worker_name=config.worker.name)
     reaped = vms.reap_leftovers()
+    metrics = WorkerMetrics()
+    try:
+        pool = vm_host_for(
+            config,
+            catalogue,
+            vms,
+            on_ready=lambda image, arch, n: metrics.pool_ready.labels(image=image, arch=arch).set(
+                n
+            ),
+        )
+    except ConfigError:  # a bad [vm] pool-sizes: said by the CLI, naming the entry
+        vms.close()
+        raise
     api = InternalApi(config.worker.api_url, config.worker.token)
     control = _control_server(config)
-    daemon = Daemon(config, catalogue, vms, api, log_needles=log_needles, control=control)
+    daemon = Daemon(
+        config,
+        catalogue,
+        pool or vms,
+        api,
+        log_needles=log_needles,
+        control=control,
+        metrics=metrics,
+    )
     if reaped:
         structlog.get_logger().warning("reaped_leftover_vms", domains=reaped)
     daemon.install_signal_handlers()
@@ -78,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             config.worker.metrics_bind, liveness=supervisor.liveness(), readiness=checks
         )
     pinger = WatchdogPinger(notifier, supervisor.alive).start()
+    if pool is not None:
+        pool.start()  # after the daemon is up: the pool fills while jobs may already run
     try:
         return daemon.run_until_stopped(on_tick=supervisor.tick, on_drain=supervisor.draining)
     finally:
@@ -87,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         if control is not None:
             control.close()  # open sessions are told the worker is shutting down
         api.close()
+        if pool is not None:
+            pool.close()  # its waiting guests go; running builds have already ended
         vms.close()  # withdraws this worker's forwards and allowed networks
         notifier.close()
 

@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
@@ -44,6 +43,14 @@ from buildworker.guest.images import ImageInfo
 from buildworker.guest.isolation import parse_allow_networks, parse_forwards
 from buildworker.guest.ports import is_hostfwd_conflict, pick_port
 from buildworker.guest.snapshot import load_state, save_state
+from buildworker.guest.snapstore import (
+    FROZEN_NAME,
+    STATE_NAME,
+    Shape,
+    Snapshot,
+    SnapshotStore,
+    shape_of,
+)
 from buildworker.guest.ssh import load_private_key
 from buildworker.guest.vm import CONSOLE_NAME, Guest
 
@@ -105,16 +112,6 @@ def _readable_by(path: Path, uid: int, gid: int) -> bool:
     return allowed(real, 0o400, 0o040, 0o004)
 
 
-@dataclass(frozen=True)
-class _Template:
-    """A frozen overlay and the memory state of a settled guest on it."""
-
-    name: str
-    directory: Path
-    frozen: Path
-    state: Path
-
-
 class Hypervisor:
     """Boots guests with libvirt on ``[vm] libvirt-uri``; picks KVM or TCG itself.
 
@@ -141,9 +138,15 @@ class Hypervisor:
         self._key: paramiko.PKey | None = None
         self._start_lock = threading.Lock()
         self._live: set[str] = set()
-        self._template_lock = threading.Lock()
-        self._templates: dict[tuple[str, str, int, str], _Template] = {}
-        self._template_serial = 0
+        self.store = SnapshotStore(config.snapshot_dir)
+        self._snap_lock = threading.Lock()
+        self._snap_serial = 0
+        #: shape digest → the thread making that snapshot in the background
+        self._makers: dict[str, threading.Thread] = {}
+        #: template guests being made (close() destroys them rather than wait)
+        self._templates: set[Guest] = set()
+        self._closing = threading.Event()
+        self._qemu_version = ""
         self._log = _log.bind(worker=worker_name)
         with map_libvirt_errors(f"connecting to {config.libvirt_uri}"):
             self._conn = libvirt.open(config.libvirt_uri)
@@ -168,15 +171,17 @@ class Hypervisor:
 
     # --- boot ---------------------------------------------------------------------------
 
-    def _prepare_directory(self, name: str, image: ImageInfo, *, backing: Path) -> Path:
-        work_dir = self.config.work_dir
+    def _prepare_directory(
+        self, name: str, image: ImageInfo, *, backing: Path, directory: Path | None = None
+    ) -> Path:
+        work_dir = self.config.work_dir if directory is None else directory.parent
         if not work_dir.exists():
             work_dir.mkdir(parents=True, mode=0o755)
-        directory = work_dir / name
+        directory = work_dir / name if directory is None else directory
         if directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(mode=0o750)
-        for needed in (image.disk, image.kernel, image.initrd):
+        for needed in (backing, image.kernel, image.initrd):
             if needed is not None and not _readable_by(needed, self.qemu_uid, self.qemu_gid):
                 raise VMError(
                     f"{needed}: not readable by {self.config.qemu_user} (qemu runs as that user; "
@@ -197,7 +202,7 @@ class Hypervisor:
                 "-F",
                 "qcow2",
                 "-b",
-                str(image.disk),
+                str(backing),  # the image's disk, or a snapshot's frozen overlay
                 str(overlay),
             ],
             check=True,
@@ -220,28 +225,61 @@ class Hypervisor:
 
     def boot(self, image: ImageInfo, *, job_id: int, attempt: int) -> Guest:
         """Start a fresh guest for this job attempt on a new overlay; returns at once (the
-        guest is booting: call ``wait_ready``). Raises VMError.
+        guest is booting or restoring: call ``wait_ready``). Raises VMError.
 
-        With ``[vm] snapshot-boot`` the guest is a copy of a settled guest's saved memory
-        (the first boot of an image saves it); any snapshot failure falls back to a cold
-        boot, logged."""
+        With ``[vm] warm-start`` (the default) the guest is a copy of the image's snapshot.
+        A missing, corrupt or failing snapshot means a cold boot, and a new snapshot is made
+        in the background; ``Guest.start_note`` says which way it went and why."""
         if image.kernel is None:
             raise VMError(f"image {image.name} ({image.arch}) has no kernel for direct boot")
         name = domain_name(self.worker_name, job_id, attempt)
         # A domain of this very attempt (a worker restarted mid-job) goes first.
         self._destroy_by_name(name)
-        if self.config.snapshot_boot:
-            template: _Template | None = None
+        if not self.config.warm_start:
+            guest = self._start(name, image, job_id, attempt)
+            guest.start_note = "cold boot ([vm] warm-start = no)"
+            return guest
+        snapshot, why = self.snapshot_for(image)
+        if snapshot is not None:
             try:
-                template = self._template_for(image)
-                return self._start(name, image, job_id, attempt, template=template)
+                guest = self._start(name, image, job_id, attempt, template=snapshot)
+                guest.start_path = "snapshot"
+                guest.start_note = f"restored from snapshot {snapshot.directory.name}"
+                return guest
             except VMError as exc:
                 self._log.warning(
                     "guest.snapshot_failed", domain=name, error=str(exc), fallback="cold boot"
                 )
-                if template is not None:
-                    self._forget(template)  # the next job saves a new one
-        return self._start(name, image, job_id, attempt)
+                self.store.discard(snapshot.shape)
+                why = f"restoring snapshot {snapshot.directory.name} failed ({exc})"
+        if self.make_snapshot_soon(image):
+            why += "; making one in the background"
+        guest = self._start(name, image, job_id, attempt)
+        guest.start_note = f"cold boot: {why}"
+        return guest
+
+    def restore_pooled(self, image: ImageInfo, serial: int) -> Guest | None:
+        """A restored copy of the image's snapshot for the warm pool (``guest.pool``), or
+        None when there is no intact snapshot yet (one is then made in the background).
+        Pool guests are named ``<prefix>0-<serial>``: job 0 never exists. Raises VMError."""
+        if image.kernel is None:
+            raise VMError(f"image {image.name} ({image.arch}) has no kernel for direct boot")
+        snapshot, why = self.snapshot_for(image)
+        if snapshot is None:
+            if why and "no snapshot" not in why:
+                self.store.discard(self.shape_of(image))
+            self.make_snapshot_soon(image)
+            return None
+        name = domain_name(self.worker_name, 0, serial)
+        self._destroy_by_name(name)
+        try:
+            guest = self._start(name, image, 0, serial, template=snapshot)
+        except VMError:
+            self.store.discard(snapshot.shape)
+            self.make_snapshot_soon(image)
+            raise
+        guest.start_path = "pool"
+        return guest
 
     def _start(
         self,
@@ -250,14 +288,15 @@ class Hypervisor:
         job_id: int,
         attempt: int,
         *,
-        template: _Template | None = None,
+        template: Snapshot | None = None,
+        directory: Path | None = None,
     ) -> Guest:
         assert image.kernel is not None
         log = self._log.bind(job_id=job_id, attempt=attempt, domain=name)
         backing = template.frozen if template is not None else image.disk
         with map_libvirt_errors(f"{name}: preparing the overlay"):
             t0 = time.monotonic()
-            directory = self._prepare_directory(name, image, backing=backing)
+            directory = self._prepare_directory(name, image, backing=backing, directory=directory)
             overlay_s = time.monotonic() - t0
         last_error = ""
         try:
@@ -329,51 +368,151 @@ class Hypervisor:
 
     # --- snapshots ----------------------------------------------------------------------
 
-    def _template_for(self, image: ImageInfo) -> _Template:
-        """The saved state of a settled guest of ``image`` (made on first use, ~10-20 s)."""
-        stat = image.disk.stat()
-        key = (image.name, image.arch, stat.st_mtime_ns, image.host_key_fingerprint or "")
-        with self._template_lock:
-            template = self._templates.get(key)
-            if template is not None:
-                return template
-            self._template_serial += 1
-            name = f"{self.prefix}snap-{os.getpid()}-{self._template_serial}"
-            t0 = time.monotonic()
-            guest = self._start(name, image, 0, 0)
+    def shape_of(self, image: ImageInfo) -> Shape:
+        """The machine shape a snapshot of ``image`` on this worker must match."""
+        if not self._qemu_version:
+            with map_libvirt_errors("asking libvirt for the QEMU version"):
+                v = self._conn.getVersion()
+            self._qemu_version = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+        with map_libvirt_errors(f"image {image.name}: reading its files"):
+            return shape_of(
+                image,
+                vcpus=self.config.vcpus,
+                memory=self.config.memory,
+                accel=self.accel.accel,
+                qemu_version=self._qemu_version,
+                cmdline=image.cmdline or DEFAULT_CMDLINE,
+            )
+
+    def snapshot_for(self, image: ImageInfo) -> tuple[Snapshot | None, str]:
+        """The image's intact snapshot for this shape, or (None, why there is none)."""
+        try:
+            return self.store.get(self.shape_of(image))
+        except VMError as exc:
+            return None, str(exc)
+
+    def ensure_snapshot(self, image: ImageInfo) -> tuple[Snapshot, bool]:
+        """The image's snapshot, made now if missing or broken (one cold boot and a save,
+        ~10-20 s under TCG). Returns (snapshot, whether it was made). Raises VMError."""
+        snapshot, why = self.snapshot_for(image)
+        if snapshot is not None:
+            return snapshot, False
+        shape = self.shape_of(image)
+        if why and "no snapshot" not in why:
+            self._log.warning("guest.snapshot_discarded", image=image.name, reason=why)
+            self.store.discard(shape)
+        made = self._make_snapshot(image, shape)
+        if made is None:  # another process made it meanwhile
+            snapshot, why = self.store.get(shape)
+            if snapshot is None:
+                raise VMError(f"snapshot of {shape.label()}: {why}")
+            return snapshot, False
+        return made, True
+
+    def make_snapshot_soon(self, image: ImageInfo) -> bool:
+        """Make the image's snapshot in a background thread (one per shape at a time);
+        False if one is already being made or the hypervisor is closing."""
+        try:
+            shape = self.shape_of(image)
+        except VMError:
+            return False
+        with self._snap_lock:
+            if self._closing.is_set():
+                return False
+            running = self._makers.get(shape.digest)
+            if running is not None and running.is_alive():
+                return True
+            thread = threading.Thread(
+                target=self._make_in_background,
+                args=(image,),
+                name=f"snapshot-{shape.dirname}",
+                daemon=True,
+            )
+            self._makers[shape.digest] = thread
+            thread.start()
+        return True
+
+    def _make_in_background(self, image: ImageInfo) -> None:
+        try:
+            self.ensure_snapshot(image)
+        # The edge of a thread: whatever went wrong, the next boot falls back to a cold boot
+        # and tries again; the traceback is logged here.
+        except Exception as exc:
+            if not self._closing.is_set():
+                self._log.exception("guest.snapshot_failed", image=image.name, error=str(exc))
+
+    def making_snapshots(self) -> bool:
+        with self._snap_lock:
+            return any(t.is_alive() for t in self._makers.values())
+
+    def wait_snapshots(self, timeout: float) -> bool:
+        """Wait for background snapshots to be saved; True if none is left running."""
+        deadline = time.monotonic() + timeout
+        with self._snap_lock:
+            threads = list(self._makers.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not self.making_snapshots()
+
+    def _make_snapshot(self, image: ImageInfo, shape: Shape) -> Snapshot | None:
+        t0 = time.monotonic()
+        with self.store.making(shape, self._closing) as scratch:
+            if scratch is None:
+                return None
+            with self._snap_lock:
+                self._snap_serial += 1
+                name = f"{self.prefix}snap-{os.getpid()}-{self._snap_serial}"
+            removed = self.store.prune(shape)
+            if removed:
+                self._log.info("guest.snapshots_pruned", removed=[p.name for p in removed])
+            guest = self._start(name, image, 0, 0, directory=scratch / "vm")
+            with self._snap_lock:
+                self._templates.add(guest)
             try:
-                conn = guest.wait_ready(self.config.settle_timeout)
+                if self._closing.is_set():
+                    raise VMError("the worker is stopping")
+                conn = guest.wait_ready(self.config.settle_timeout, cancel=self._closing)
                 conn.close()
                 guest.forget_connections()
-                time.sleep(1.0)  # let the guest's sshd for that login exit before saving
-                state = guest.directory / "state.bin"
+                # Let the guest's sshd for that login exit and the guest go idle before
+                # saving, so copies do not all wake up in the middle of its teardown.
+                if self._closing.wait(1.0):
+                    raise VMError("the worker is stopping")
+                # Paused first: a live save of a running TCG guest can catch its memory
+                # mid-update (seen here: copies panicking in the timer code); a paused one
+                # is saved in one pass. Copies start paused and load_state resumes them.
+                with map_libvirt_errors(f"{name}: pausing the template"):
+                    guest.domain.suspend()
                 size = save_state(
                     guest.domain,
                     guest.directory,
-                    state,
+                    scratch / STATE_NAME,
                     uid=self.qemu_uid,
                     gid=self.qemu_gid,
                     timeout=120,
                 )
                 with map_libvirt_errors(f"{name}: stopping the template"):
                     guest.domain.destroy()
-                    frozen = guest.directory / "frozen.qcow2"
-                    os.rename(guest.directory / OVERLAY_NAME, frozen)
-                    os.chmod(frozen, 0o444)  # the saved memory belongs to this disk
-            except BaseException:
-                guest.destroy()
-                raise
-            self._live.add(name)  # keeps reap_leftovers of this instance off it
-            template = _Template(name, guest.directory, frozen, state)
-            self._templates[key] = template
-            self._log.info(
-                "guest.snapshot_saved",
-                image=image.name,
-                arch=image.arch,
-                seconds=round(time.monotonic() - t0, 3),
-                state_bytes=size,
-            )
-            return template
+                    os.rename(guest.directory / OVERLAY_NAME, scratch / FROZEN_NAME)
+                    snapshot = self.store.publish(
+                        shape,
+                        scratch,
+                        {"made_by": self.worker_name, "save_seconds": time.monotonic() - t0},
+                    )
+            finally:
+                with self._snap_lock:
+                    self._templates.discard(guest)
+                with contextlib.suppress(VMError):
+                    guest.destroy()
+        self._log.info(
+            "guest.snapshot_saved",
+            image=image.name,
+            arch=image.arch,
+            snapshot=snapshot.directory.name,
+            seconds=round(time.monotonic() - t0, 3),
+            state_bytes=size,
+        )
+        return snapshot
 
     # --- teardown -----------------------------------------------------------------------
 
@@ -432,34 +571,23 @@ class Hypervisor:
             self._log.warning("hypervisor.reaped", domains=reaped)
         return reaped
 
-    def _forget(self, template: _Template) -> None:
-        with self._template_lock:
-            for key, value in list(self._templates.items()):
-                if value is template:
-                    del self._templates[key]
-            self._live.discard(template.name)
-        shutil.rmtree(template.directory, ignore_errors=True)
-
-    def discard_snapshots(self) -> list[Path]:
-        """Delete the saved snapshots (the next snapshot boot makes a new one)."""
-        with self._template_lock:
-            removed = [template.directory for template in self._templates.values()]
-            for template in self._templates.values():
-                shutil.rmtree(template.directory, ignore_errors=True)
-                self._live.discard(template.name)
-            self._templates.clear()
-        return removed
-
     @property
     def egress(self) -> EgressGrant | None:
         """This worker's egress grants (None when built with ``isolate=False``)."""
         return self._egress
 
     def close(self) -> None:
-        """Withdraw this worker's forwards and allowed networks, delete saved snapshots and
-        close the libvirt connection."""
+        """Stop making snapshots (a half-made one is dropped; saved ones stay for the next
+        start), withdraw this worker's forwards and allowed networks and close the libvirt
+        connection."""
+        self._closing.set()
+        with self._snap_lock:
+            templates = list(self._templates)
+        for guest in templates:
+            with contextlib.suppress(VMError):
+                guest.destroy()
+        self.wait_snapshots(30.0)
         if self._egress is not None:
             self._egress.close()
-        self.discard_snapshots()
         with contextlib.suppress(libvirt.libvirtError):
             self._conn.close()

@@ -20,7 +20,7 @@ from buildworker.guest.errors import CommandCancelled, GuestError, SettleTimeout
 from buildworker.guest.images import ImageInfo
 from buildworker.guest.ssh import AnyStop, GuestConnection, StopSignal, connect_guest
 
-__all__ = ["CONSOLE_GATE_S", "CONSOLE_NAME", "Guest"]
+__all__ = ["CONSOLE_GATE_S", "CONSOLE_NAME", "Guest", "own_machine_command"]
 
 CONSOLE_NAME = "console.log"
 #: Longest wait for the image's console_ready line before probing SSH regardless.
@@ -28,6 +28,21 @@ CONSOLE_GATE_S = 30.0
 CONSOLE_POLL_S = 0.05
 
 _log = structlog.get_logger()
+
+
+def own_machine_command(now: float) -> str:
+    """One command that makes a restored copy its own machine.
+
+    The copy woke up with the clock of the moment its snapshot was saved, and with the boot
+    id every other copy has (journald, systemd and build tools key caches on it); the new
+    VM generation id already made its kernel reseed the RNG. A bind mount is the only way
+    to give a running kernel another boot id."""
+    script = (
+        f"date -u -s @{now:.6f} >/dev/null"
+        " && cat /proc/sys/kernel/random/uuid > /run/buildworker-boot-id"
+        " && mount --bind /run/buildworker-boot-id /proc/sys/kernel/random/boot_id"
+    )
+    return f"sudo -n sh -c '{script}'"
 
 
 class Guest:
@@ -52,6 +67,10 @@ class Guest:
         self._teardown = teardown
         #: started from a memory snapshot rather than booted
         self.restored = restored
+        #: how this guest came to be: "cold", "snapshot" or "pool" (metrics label)
+        self.start_path = "snapshot" if restored else "cold"
+        #: the same for a person, with the reason (the setup log's "Warm start: …" line)
+        self.start_note = "restored from a snapshot" if restored else "cold boot"
         self._domain = domain
         self.domain_name = domain_name
         self.directory = directory
@@ -95,10 +114,11 @@ class Guest:
                 raise CommandCancelled(f"{self.domain_name}: stopped while settling")
             self._connections.append(conn)
         if self.restored:
-            # The copy woke up with the clock of the moment its snapshot was saved.
-            status = conn.run(f"sudo -n date -u -s @{time.time():.6f} >/dev/null", pty=False)
+            status = conn.run(own_machine_command(time.time()), pty=False)
             if status != 0:
-                raise GuestError(f"{self.domain_name}: setting the clock failed ({status})")
+                raise GuestError(
+                    f"{self.domain_name}: setting the clock and boot id failed ({status})"
+                )
         self._log.info("guest.ready", seconds=round(time.monotonic() - self.started, 3))
         return conn
 

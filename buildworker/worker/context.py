@@ -116,6 +116,8 @@ class BuildResult:
     infra_reason: str | None = None
     #: fresh-VM retries after a failed boot or settle
     boot_retries: int = 0
+    #: how the guest that ran the build was started: "cold", "snapshot" or "pool"
+    start_path: str | None = None
     #: the VM was kept for SSH sessions after the tasks (standby or ``shell: true``)
     held: bool = False
     #: the status was reported to the API already (a standby reports before its window)

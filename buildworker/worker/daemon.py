@@ -470,6 +470,8 @@ class Daemon:
         for status, seconds in result.task_timings:
             m.task_duration.labels(image=image, arch=arch, status=status).observe(seconds)
         m.infra_retries.inc(result.boot_retries)
+        if result.start_path is not None:
+            m.guest_starts.labels(image=image, arch=arch, path=result.start_path).inc()
         if result.infrastructure:
             m.infra_failures.labels(reason=result.infra_reason or "other").inc()
 

@@ -108,6 +108,18 @@ class WorkerMetrics:
             "Busy slots whose VM waits for SSH sessions (failure standby, shell: true)",
             registry=r,
         )
+        self.guest_starts = Counter(
+            "buildworker_guest_starts_total",
+            "Guests that ran a build, by how they started (cold, snapshot, pool)",
+            ["image", "arch", "path"],
+            registry=r,
+        )
+        self.pool_ready = Gauge(
+            "buildworker_pool_ready",
+            "Restored guests waiting in the warm pool, logged in",
+            ["image", "arch"],
+            registry=r,
+        )
         self.queue_wait = per_image(
             "buildworker_job_queue_wait_seconds", "Enqueue (outbox row) to claim", _QUEUE_BUCKETS
         )

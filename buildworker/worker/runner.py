@@ -286,6 +286,7 @@ class BuildRunner:
             vm_boot_s=None if times is None else times.boot_s,
             settle_s=None if times is None else times.settle_s,
             boot_retries=0 if times is None else times.retries,
+            start_path=None if times is None else times.path,
             setup_s=setup_s,
             task_timings=timings,
             infra_reason=state.infra_reason,
@@ -386,6 +387,9 @@ class BuildRunner:
             try:
                 guest = self._vms.boot(image, job_id=spec.job_id, attempt=spec.attempt)
                 t1 = time.monotonic()
+                note = getattr(guest, "start_note", None)
+                if note:  # which way the guest was started, and why (docs/images.md)
+                    say(f"Warm start: {note}")
                 stage = "settle"
                 say("Waiting for guest to settle")
                 budget = min(self._settings.settle_timeout_s, max(0.0, deadline - time.monotonic()))
@@ -405,9 +409,12 @@ class BuildRunner:
                     say("Retrying on a fresh VM")
                 continue
             t2 = time.monotonic()
-            say(f"Guest settled in {t2 - t0:.1f}s")
-            log.info("guest_ready", domain=guest.domain_name, boot_s=round(t2 - t0, 3))
-            return guest, conn, _BootTimes(t2 - t0, t1 - t0, t2 - t1, try_no - 1)
+            path = getattr(guest, "start_path", "cold")
+            say(f"Guest settled in {t2 - t0:.1f}s ({_PATH_WORDS.get(path, path)})")
+            log.info(
+                "guest_ready", domain=guest.domain_name, boot_s=round(t2 - t0, 3), start_path=path
+            )
+            return guest, conn, _BootTimes(t2 - t0, t1 - t0, t2 - t1, try_no - 1, path)
         raise BootError(f"the VM failed to boot or settle: {last}", stage=stage)
 
     @staticmethod
@@ -465,6 +472,11 @@ class _BootTimes:
     settle_s: float
     #: VMs replaced before this one answered
     retries: int
+    #: "cold", "snapshot" or "pool" (Guest.start_path)
+    path: str = "cold"
+
+
+_PATH_WORDS = {"cold": "cold boot", "snapshot": "restored from snapshot", "pool": "warm pool"}
 
 
 def _infra_reason(exc: InfraError) -> str:

@@ -26,6 +26,10 @@ IMAGES = Path(os.environ.get("BUILDWORKER_TEST_IMAGES", REPO / "images"))
 SSH_KEY = REPO / ".state" / "id_ed25519"
 #: Overlays must be reachable by the libvirt-qemu user, which pytest's tmp dirs (0700) are not.
 VM_TEST_ROOT = Path("/var/lib/buildworker/test-vms")
+#: Warm-start snapshots shared by every test (and kept between runs): one cold boot and
+#: save per image shape, then every guest of the suite is a restored copy. Tests that break
+#: a snapshot on purpose use their own directory.
+SNAPSHOT_DIR = Path("/var/lib/buildworker/test-snapshots")
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +54,12 @@ def vm_work_dir() -> Iterator[Path]:
 def make_vm_config(work_dir: Path, **overrides: object) -> VmConfig:
     if not SSH_KEY.exists():
         pytest.fail(f"{SSH_KEY} missing — scripts/setup generates it (and bakes it into the image)")
-    values: dict[str, object] = {"ssh_key": SSH_KEY, "work_dir": work_dir, "settle_timeout": 180.0}
+    values: dict[str, object] = {
+        "ssh_key": SSH_KEY,
+        "work_dir": work_dir,
+        "settle_timeout": 180.0,
+        "snapshot_dir": SNAPSHOT_DIR,
+    }
     values.update(overrides)
     return VmConfig(**values)  # type: ignore[arg-type]
 

@@ -1,8 +1,10 @@
-"""Snapshot boot: copies of a settled guest's saved memory, each on its own overlay."""
+"""Warm start: copies of a settled guest's saved memory, each its own machine."""
 
 from __future__ import annotations
 
+import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,16 +12,17 @@ import pytest
 
 from buildworker.guest.hypervisor import Hypervisor
 from buildworker.guest.images import ImageInfo
+from buildworker.guest.snapstore import SnapshotStore
 from buildworker.guest.ssh import GuestConnection
 
-from .conftest import make_vm_config, unique_worker
+from .conftest import SNAPSHOT_DIR, VM_TEST_ROOT, make_vm_config, unique_worker
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def snap_hv(vm_work_dir: Path) -> Iterator[Hypervisor]:
-    hv = Hypervisor(make_vm_config(vm_work_dir, snapshot_boot=True), worker_name=unique_worker("s"))
+    hv = Hypervisor(make_vm_config(vm_work_dir), worker_name=unique_worker("s"))
     yield hv
     hv.reap_leftovers()
     hv.close()
@@ -31,25 +34,38 @@ def output(conn: GuestConnection, command: str) -> str:
     return b"".join(chunks).decode()
 
 
-def test_two_copies_of_one_snapshot_run_at_once_independently(
+def clock_offset(conn: GuestConnection) -> float:
+    """Guest clock minus host clock, taking the host's time halfway through the command."""
+    before = time.time()
+    guest = float(output(conn, "date -u +%s.%N"))
+    after = time.time()
+    return guest - (before + after) / 2
+
+
+def test_two_copies_of_one_snapshot_run_at_once_as_their_own_machines(
     snap_hv: Hypervisor, bookworm: ImageInfo
 ) -> None:
-    # Given the first boot saved a snapshot (a cold boot), two copies start from it.
+    snapshot, _ = snap_hv.ensure_snapshot(bookworm)
+    assert snapshot.directory.parent == SNAPSHOT_DIR
     first = snap_hv.boot(bookworm, job_id=1, attempt=1)
     second = snap_hv.boot(bookworm, job_id=2, attempt=1)
     try:
-        assert first.restored and second.restored
+        assert (first.start_path, second.start_path) == ("snapshot", "snapshot")
+        assert snapshot.directory.name in first.start_note
         assert first.ssh_port != second.ssh_port
         a = first.wait_ready(120)
         b = second.wait_ready(120)
-        # Their clocks were set to now, not to when the snapshot was taken.
+        # Their clocks were set to the host's, not left at when the snapshot was saved.
         for conn in (a, b):
-            assert abs(float(output(conn, "date -u +%s.%N")) - time.time()) < 5
-        # Their random streams differ (new VM generation id → the kernel reseeds).
-        assert output(a, "head -c 32 /dev/urandom | od -An -tx1") != output(
-            b, "head -c 32 /dev/urandom | od -An -tx1"
-        )
-        # Each writes to its own overlay.
+            assert abs(clock_offset(conn)) < 2.0
+        # Their random streams differ (new VM generation id → the kernel reseeds) ...
+        random = "head -c 32 /dev/urandom | od -An -tx1"
+        assert output(a, random) != output(b, random)
+        # ... and so do their boot ids (journald and build tools key caches on it).
+        boot_id = "cat /proc/sys/kernel/random/boot_id"
+        ids = {output(a, boot_id).strip(), output(b, boot_id).strip()}
+        assert len(ids) == 2 and all(len(i) == 36 for i in ids)
+        # Each writes to its own overlay, backed by the snapshot's frozen one.
         a.upload("mine", b"first")
         assert b.run("test -e mine", pty=False) != 0
         assert output(a, "uname -n").strip() == "build"
@@ -57,10 +73,59 @@ def test_two_copies_of_one_snapshot_run_at_once_independently(
         first.destroy()
         second.destroy()
     assert not first.directory.exists() and not second.directory.exists()
+    assert snapshot.state.is_file(), "saved snapshots outlive the guests (and the worker)"
 
 
-def test_discarded_snapshots_are_deleted(snap_hv: Hypervisor, vm_work_dir: Path) -> None:
-    saved = [p for p in vm_work_dir.iterdir() if "-snap-" in p.name]
-    assert saved, "the module's snapshot exists while its hypervisor is open"
-    assert sorted(snap_hv.discard_snapshots()) == sorted(saved)
-    assert not any(p.exists() for p in saved)
+def test_a_corrupt_snapshot_means_a_cold_boot_and_a_new_snapshot(
+    snap_hv: Hypervisor, bookworm: ImageInfo, vm_work_dir: Path
+) -> None:
+    shared, _ = snap_hv.ensure_snapshot(bookworm)
+    own_dir = VM_TEST_ROOT / f"snaps-{uuid.uuid4().hex[:8]}"
+    own_dir.mkdir(mode=0o755)
+    shutil.copytree(shared.directory, own_dir / shared.directory.name)
+    hv = Hypervisor(
+        make_vm_config(vm_work_dir, snapshot_dir=own_dir), worker_name=unique_worker("c")
+    )
+    try:
+        copy, why = hv.snapshot_for(bookworm)
+        assert copy is not None, why
+        with open(copy.state, "r+b") as fh:  # one flipped byte in the middle of the memory
+            fh.seek(copy.state.stat().st_size // 2)
+            byte = fh.read(1)
+            fh.seek(-1, 1)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+        guest = hv.boot(bookworm, job_id=7, attempt=1)
+        try:
+            assert guest.start_path == "cold"
+            assert "fails its checksum" in guest.start_note
+            assert "making one in the background" in guest.start_note
+            conn = guest.wait_ready(180)
+            assert output(conn, "echo ok").strip() == "ok"
+        finally:
+            guest.destroy()
+        assert hv.wait_snapshots(300)
+        remade, why = SnapshotStore(own_dir).get(hv.shape_of(bookworm))
+        assert remade is not None, why
+        again = hv.boot(bookworm, job_id=8, attempt=1)
+        try:
+            assert again.start_path == "snapshot"
+            assert output(again.wait_ready(120), "echo ok").strip() == "ok"
+        finally:
+            again.destroy()
+    finally:
+        hv.close()
+        shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def test_warm_start_off_boots_cold_and_says_so(vm_work_dir: Path, bookworm: ImageInfo) -> None:
+    hv = Hypervisor(make_vm_config(vm_work_dir, warm_start=False), worker_name=unique_worker("w"))
+    try:
+        guest = hv.boot(bookworm, job_id=3, attempt=1)
+        try:
+            assert (guest.start_path, guest.restored) == ("cold", False)
+            assert guest.start_note == "cold boot ([vm] warm-start = no)"
+        finally:
+            guest.destroy()
+        assert not hv.making_snapshots()
+    finally:
+        hv.close()

@@ -9,133 +9,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 import subprocess
-import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from worker_helpers import (
-    IMAGES,
-    SSH_KEY,
-    WORKER_TOKEN,
-    LiveApi,
-    api_config,
-    vm_work_dir,
-)
+from worker_helpers import SECRET, Stack
 
 from buildworker.exitcodes import EXIT_OK
-from buildworker.guest.hypervisor import Hypervisor
-from buildworker.guest.images import ImageCatalogue
-from buildworker.worker.apiclient import InternalApi
-from buildworker.worker.daemon import Daemon
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
-
-SECRET = "e2e-S3cret-token-value-42"
-TERMINAL = ("success", "failed", "timeout", "cancelled")
-
-
-class Stack:
-    """API + broker vhost + one daemon (in this process) + helpers to watch jobs."""
-
-    def __init__(self, config: Any, live: LiveApi) -> None:
-        self.config = config
-        self.live = live
-        self.daemon: Daemon | None = None
-        self.vms: Hypervisor | None = None
-        self.thread: threading.Thread | None = None
-        self.exit_code: int | None = None
-
-    def start_daemon(self, broker_url: str | None = None) -> Daemon:
-        config = self.config
-        if broker_url is not None:
-            config = replace(config, broker=replace(config.broker, url=broker_url))
-        vms = Hypervisor(config.vm, worker_name=config.worker.name)
-        self.vms = vms
-        api = InternalApi(self.live.url, WORKER_TOKEN)
-        self.daemon = Daemon(config, ImageCatalogue(IMAGES), vms, api)
-        self.daemon.start()
-
-        def run() -> None:
-            assert self.daemon is not None
-            self.exit_code = self.daemon.run_until_stopped()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        return self.daemon
-
-    def stop_daemon(self) -> None:
-        if self.daemon is not None and self.thread is not None:
-            self.daemon.stop_now()
-            self.thread.join(120)
-        if self.vms is not None:
-            self.vms.close()  # withdraws its forwards, as `buildworker worker` does on exit
-            self.vms = None
-
-    def wait(self, job_id: int, statuses: tuple[str, ...] = TERMINAL, timeout: float = 300) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.live.job(job_id)
-            if job["status"] in statuses:
-                return job
-            time.sleep(0.25)
-        tail = self.log(job_id)[-1500:].decode(errors="replace")
-        raise AssertionError(
-            f"job {job_id} still {self.live.job(job_id)['status']}; setup log ends:\n{tail}"
-        )
-
-    def log(self, job_id: int, task: str | None = None) -> bytes:
-        path = f"/logs/{job_id}/{task}/log" if task else f"/logs/{job_id}/log"
-        response = self.live.get(path)
-        return response.content if response.status_code in (200, 206) else b""
-
-    def wait_log(
-        self, job_id: int, needle: bytes, task: str | None = None, timeout: float = 240
-    ) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.log(job_id, task):
-                return time.monotonic()
-            time.sleep(0.1)
-        raise AssertionError(f"{needle!r} never appeared in job {job_id}'s {task or 'setup'} log")
-
-
-def make_stack(
-    data_dir: Path, db_url: str, amqp_url: str, forwards: tuple[str, ...] = (), **api: Any
-) -> tuple[Stack, Path]:
-    work_dir = vm_work_dir()
-    config = api_config(data_dir, db_url, amqp_url)
-    config = replace(
-        config,
-        api=replace(config.api, **api),
-        worker=replace(config.worker, name=f"e2e-{uuid.uuid4().hex[:6]}", drain_timeout=120.0),
-        vm=replace(config.vm, ssh_key=SSH_KEY, work_dir=work_dir, forwards=forwards),
-    )
-    return Stack(config, LiveApi(config, lifespan="on")), work_dir
-
-
-@pytest.fixture
-def stack_factory(data_dir: Path, sqlite_url: str, amqp_url: str) -> Iterator[Any]:
-    made: list[tuple[Stack, Path]] = []
-
-    def make(**kwargs: Any) -> Stack:
-        made.append(make_stack(data_dir, sqlite_url, amqp_url, **kwargs))
-        return made[-1][0]
-
-    yield make
-    for stack, work_dir in made:
-        stack.stop_daemon()
-        stack.live.close()
-        leftovers = list(work_dir.iterdir())
-        shutil.rmtree(work_dir, ignore_errors=True)
-        assert leftovers == [], f"VM directories left behind: {leftovers}"
 
 
 def test_a_full_build_succeeds_with_complete_logs_and_a_byte_identical_artifact(

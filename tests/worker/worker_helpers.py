@@ -10,8 +10,17 @@ import os
 import socket
 import threading
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
+
+from buildworker.guest.hypervisor import Hypervisor
+from buildworker.guest.images import ImageCatalogue
+from buildworker.guest.pool import WarmPool, vm_host_for
+from buildworker.worker.apiclient import InternalApi
+from buildworker.worker.daemon import Daemon
+from buildworker.worker.metrics import WorkerMetrics
 
 # --- a real API tier, served by uvicorn on a loopback port ---------------------------------
 
@@ -161,3 +170,112 @@ def write_run_config(path: Path, work_dir: Path, **worker: str) -> Path:
     lines += ["[vm]", f"ssh-key = {SSH_KEY}", f"work-dir = {work_dir}"]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# --- a whole stack: API, broker vhost, one daemon in this process, real guests ---------------
+
+SECRET = "e2e-S3cret-token-value-42"
+TERMINAL = ("success", "failed", "timeout", "cancelled")
+
+
+class Stack:
+    """API + broker vhost + one daemon (in this process) + helpers to watch jobs."""
+
+    def __init__(self, config: Any, live: LiveApi) -> None:
+        self.config = config
+        self.live = live
+        self.daemon: Daemon | None = None
+        self.vms: Hypervisor | None = None
+        self.thread: threading.Thread | None = None
+        self.exit_code: int | None = None
+        self.pool: WarmPool | None = None
+
+    def start_daemon(self, broker_url: str | None = None, *, pool: bool = False) -> Daemon:
+        """Start the worker daemon; with ``pool``, behind a warm pool sized by its config
+        (as `buildworker worker` does), filled before the daemon takes jobs."""
+        config = self.config
+        if broker_url is not None:
+            config = replace(config, broker=replace(config.broker, url=broker_url))
+        vms = Hypervisor(config.vm, worker_name=config.worker.name)
+        self.vms = vms
+        api = InternalApi(self.live.url, WORKER_TOKEN)
+        catalogue = ImageCatalogue(IMAGES)
+        metrics = WorkerMetrics()
+        host: Any = vms
+        if pool:
+            self.pool = vm_host_for(
+                config,
+                catalogue,
+                vms,
+                on_ready=lambda i, a, n: metrics.pool_ready.labels(image=i, arch=a).set(n),
+            )
+            assert self.pool is not None, "the config gives this worker no pool"
+            host = self.pool.start()
+            assert self.pool.wait_filled(300), "the warm pool did not fill"
+        self.daemon = Daemon(config, catalogue, host, api, metrics=metrics)
+        self.daemon.start()
+
+        def run() -> None:
+            assert self.daemon is not None
+            self.exit_code = self.daemon.run_until_stopped()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        return self.daemon
+
+    def stop_daemon(self) -> None:
+        if self.daemon is not None and self.thread is not None:
+            self.daemon.stop_now()
+            self.thread.join(120)
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self.vms is not None:
+            self.vms.close()  # withdraws its forwards, as `buildworker worker` does on exit
+            self.vms = None
+
+    def wait(self, job_id: int, statuses: tuple[str, ...] = TERMINAL, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.live.job(job_id)
+            if job["status"] in statuses:
+                return job
+            time.sleep(0.25)
+        tail = self.log(job_id)[-1500:].decode(errors="replace")
+        raise AssertionError(
+            f"job {job_id} still {self.live.job(job_id)['status']}; setup log ends:\n{tail}"
+        )
+
+    def log(self, job_id: int, task: str | None = None) -> bytes:
+        path = f"/logs/{job_id}/{task}/log" if task else f"/logs/{job_id}/log"
+        response = self.live.get(path)
+        return response.content if response.status_code in (200, 206) else b""
+
+    def wait_log(
+        self, job_id: int, needle: bytes, task: str | None = None, timeout: float = 240
+    ) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log(job_id, task):
+                return time.monotonic()
+            time.sleep(0.1)
+        raise AssertionError(f"{needle!r} never appeared in job {job_id}'s {task or 'setup'} log")
+
+
+def make_stack(
+    data_dir: Path,
+    db_url: str,
+    amqp_url: str,
+    forwards: tuple[str, ...] = (),
+    vm: dict[str, Any] | None = None,
+    **api: Any,
+) -> tuple[Stack, Path]:
+    work_dir = vm_work_dir()
+    config = api_config(data_dir, db_url, amqp_url)
+    config = replace(
+        config,
+        api=replace(config.api, **api),
+        worker=replace(config.worker, name=f"e2e-{uuid.uuid4().hex[:6]}", drain_timeout=120.0),
+        vm=replace(config.vm, ssh_key=SSH_KEY, work_dir=work_dir, forwards=forwards, **(vm or {})),
+    )
+    return Stack(config, LiveApi(config, lifespan="on")), work_dir
