@@ -83,7 +83,9 @@ def test_tasks_and_buildenv_travel_in_the_archive_with_their_modes() -> None:
     assert "CI_NAME=sourcehut" in buildenv
     # No secrets: nothing staged, nothing to install
     assert bundle.items == () and STAGING not in bundle.command
-    # The same job gives the same bytes (no timestamps in the archive)
+    # The same job gives the same bytes: no timestamps in the gzip header or the members
+    assert bundle.archive[4:8] == b"\0\0\0\0"
+    assert {info.mtime for info, _ in found.values()} == {0}
     assert build_bundle(spec, "/home/build", DEFAULT_PREAMBLE).archive == bundle.archive
 
 
