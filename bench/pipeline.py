@@ -8,8 +8,9 @@ shared by both methods (boot time is excluded from both, as the issue asks).
 
 1. Setup: dequeue → first task byte, minus boot.
    ours      = delivery → claim → ack (real broker, real API) + settled guest → first task
-               byte: task files in one archive, ~/.buildenv, a plaintext secret, then the
-               first task, all channels on one SSH connection;
+               byte: task files, ~/.buildenv and a plaintext secret in one archive on one
+               command's stdin (steps/setup.py), then the first task, all channels on one
+               SSH connection;
    baseline  = builds.sr.ht's method from the settled guest: a new ``ssh`` process per setup
                command (mkdir/tee/chmod per task file, tee/chmod for ~/.buildenv,
                mkdir/tee/chmod for the secret), then ``ssh -t`` for the first task. The
@@ -80,7 +81,7 @@ from buildworker.worker.context import (  # noqa: E402
 from buildworker.worker.logs import LogStreamer  # noqa: E402
 from buildworker.worker.redact import NeedleSet  # noqa: E402
 from buildworker.worker.report import ApiReporter  # noqa: E402
-from buildworker.worker.steps import env, secrets, task_files  # noqa: E402
+from buildworker.worker.steps import setup  # noqa: E402
 
 TOKEN = "bench-worker-token"
 MANIFEST = """\
@@ -219,8 +220,7 @@ def ours_setup(conn: Any, image: Any, spec: JobSpec) -> float:
     )
     first: list[float] = []
     t0 = time.monotonic()
-    for step in (task_files, env, secrets):
-        step.run(ctx)
+    setup.run(ctx)
 
     def on_output(data: bytes) -> None:
         if not first:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -189,6 +190,25 @@ def wait_for_banner(
     raise SettleTimeout(f"guest SSH on {host}:{port} did not answer ({probes} probes)")
 
 
+def _feed(chan: paramiko.Channel, data: bytes) -> None:
+    """Send ``data`` to a command's stdin, then end of file (a thread of `run`). A channel
+    that closes first (the command ended, the build stopped) ends it quietly: `run` says
+    what happened."""
+    view = memoryview(data)
+    sent = 0
+    try:
+        while sent < len(view):
+            if chan.closed:
+                return
+            try:
+                sent += chan.send(view[sent : sent + CHUNK].tobytes())
+            except TimeoutError:  # the channel's POLL_S timeout: its window is full
+                continue
+        chan.shutdown_write()
+    except (OSError, EOFError, paramiko.SSHException):
+        return
+
+
 class GuestConnection:
     """One authenticated SSH transport to a guest; commands are channels on it.
 
@@ -256,17 +276,25 @@ class GuestConnection:
         on_output: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
         cancel: StopSignal | None = None,
+        stdin: bytes | None = None,
     ) -> int:
         """Run ``command`` in the login shell; stream output chunks to ``on_output`` as they
         arrive (stdout and stderr together); return the exit status (-1: killed by a signal).
+
+        ``stdin`` (only without a PTY, which would echo it) is fed to the command, then end
+        of file, while its output is read (a command that writes before it has read all of
+        its input does not stall); it is never part of any message.
 
         Raises CommandTimeout after ``timeout`` seconds, CommandCancelled when ``cancel`` is
         set (either way the channel is closed, which hangs up the command in the guest),
         GuestError when the connection fails.
         """
+        if stdin is not None and pty:
+            raise ValueError("stdin needs pty=False (a terminal would echo it)")
         deadline = None if timeout is None else time.monotonic() + timeout
         with map_paramiko_errors(f"{self._description}: run"):
             chan = self._session()
+            feeder: threading.Thread | None = None
             try:
                 if pty:
                     chan.get_pty(term="xterm", width=160, height=48)
@@ -274,6 +302,11 @@ class GuestConnection:
                     chan.set_combine_stderr(True)
                 chan.settimeout(POLL_S)
                 chan.exec_command(command)
+                if stdin is not None:
+                    feeder = threading.Thread(
+                        target=_feed, args=(chan, stdin), name="guest-stdin", daemon=True
+                    )
+                    feeder.start()
                 while True:
                     self._check(cancel, deadline, command)
                     try:
@@ -302,6 +335,8 @@ class GuestConnection:
                 return int(chan.recv_exit_status())
             finally:
                 chan.close()
+                if feeder is not None:
+                    feeder.join(timeout=5.0)
 
     def _connection_lost(self, grace_s: float = 2.0) -> bool:
         """Whether the transport died. A channel can see its end a moment before the

@@ -208,9 +208,11 @@ class BuildContext:
         output: LogStream | None = None,
         pty: bool = False,
         on_output: Callable[[bytes], None] | None = None,
+        stdin: bytes | None = None,
     ) -> int:
         """Run ``command`` in the guest, output into ``output`` (default: the setup log) or
-        to ``on_output``; returns its exit status.
+        to ``on_output``; returns its exit status. ``stdin`` is fed to the command (then
+        end of file); it needs ``pty=False``.
 
         Raises:
             Cancelled: the build was cancelled or timed out (before or during the command).
@@ -225,6 +227,7 @@ class BuildContext:
                 on_output=sink,
                 timeout=self.remaining() or 0.001,
                 cancel=self.cancel.event,
+                stdin=stdin,
             )
         self.cancel.raise_if_set()
         return status

@@ -26,6 +26,7 @@ class GuestSession(Protocol):
         on_output: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
+        stdin: bytes | None = None,
     ) -> int: ...
 
     def upload(self, path: str, data: bytes, mode: int = 0o644) -> None: ...

@@ -1,5 +1,8 @@
 """The build as an ordered list of small steps, in builds.sr.ht's order (spec §2.2).
 
+builds.sr.ht's first three (tasks, environment, secrets) are one step here, "setup": one
+guest command instead of one or more per file.
+
 Boot and settle happen before (runner); hut config (``oauth:``) is not sent because the
 internal API does not mint OAuth tokens yet; triggers run on the API side after ``finish``.
 """
@@ -12,13 +15,11 @@ from dataclasses import dataclass
 from buildworker.worker.context import BuildContext, JobSpec
 from buildworker.worker.steps import (
     artifacts,
-    env,
     packages,
     repositories,
     run_tasks,
-    secrets,
+    setup,
     sources,
-    task_files,
 )
 
 __all__ = ["STEPS", "Step", "plan", "run_steps"]
@@ -38,9 +39,8 @@ def _always(spec: JobSpec) -> bool:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("tasks", task_files.run, _always),
-    Step("environment", env.run, _always),
-    Step("secrets", secrets.run, lambda spec: bool(spec.secrets)),
+    # task files, ~/.buildenv and file secrets: one guest command (steps/setup.py)
+    Step("setup", setup.run, _always),
     Step("repositories", repositories.run, lambda spec: bool(spec.manifest.repositories)),
     Step("packages", packages.run, lambda spec: bool(spec.manifest.packages)),
     Step("sources", sources.run, lambda spec: bool(spec.manifest.sources)),

@@ -124,6 +124,24 @@ def test_output_is_streamed_while_the_command_runs(guest: tuple[Guest, GuestConn
     assert arrivals[0][0] < end - 1.0
 
 
+def test_stdin_reaches_the_command_while_its_output_is_read(
+    guest: tuple[Guest, GuestConnection],
+) -> None:
+    _, conn = guest
+    # Given more input than the channel's window (2 MiB), echoed back as it is read: a
+    # writer that sent everything before reading would stall the command
+    data = os.urandom(3 * 1024 * 1024)
+    chunks: list[bytes] = []
+    status = conn.run("cat", pty=False, on_output=chunks.append, stdin=data, timeout=120)
+    assert status == 0 and b"".join(chunks) == data
+    # And end of file follows the input; an empty stdin is just that
+    assert run(conn, "wc -c", pty=False, stdin=b"")[1].strip() == "0"
+    assert run(conn, "read -r x; echo got=$x", pty=False, stdin=b"abc\n")[1] == "got=abc\n"
+    # And a PTY would echo the input: refused before anything is sent
+    with pytest.raises(ValueError, match="pty"):
+        conn.run("cat", pty=True, stdin=b"x")
+
+
 def test_a_file_uploaded_with_a_mode_reads_back_identically(
     guest: tuple[Guest, GuestConnection],
 ) -> None:

@@ -20,10 +20,9 @@ NAMES = ["a", "b", "c", "d"]
 
 
 def test_steps_are_in_builds_sr_ht_order() -> None:
+    # builds.sr.ht's tasks, environment and secrets are the one "setup" step
     assert [s.name for s in STEPS] == [
-        "tasks",
-        "environment",
-        "secrets",
+        "setup",
         "repositories",
         "packages",
         "sources",
@@ -34,7 +33,7 @@ def test_steps_are_in_builds_sr_ht_order() -> None:
 
 def test_a_minimal_manifest_plans_only_the_steps_it_needs() -> None:
     spec = JobSpec(1, 1, parse_manifest("image: debian/bookworm\ntasks:\n- a: echo\n"))
-    assert [s.name for s in plan(spec)] == ["tasks", "environment", "run-tasks"]
+    assert [s.name for s in plan(spec)] == ["setup", "run-tasks"]
 
 
 def test_a_full_manifest_plans_every_step() -> None:
@@ -45,8 +44,8 @@ def test_a_full_manifest_plans_every_step() -> None:
     )
     secret = SecretMaterial("u", "abc", "plaintext_file", b"data", "~/x", 0o600)
     assert len(plan(JobSpec(1, 1, manifest, secrets=(secret,)))) == len(STEPS)
-    # Secrets off (the claim sends none): the secrets step is not run
-    assert "secrets" not in [s.name for s in plan(JobSpec(1, 1, manifest))]
+    # Secrets off (the claim sends none): setup still runs (task files, ~/.buildenv)
+    assert len(plan(JobSpec(1, 1, manifest))) == len(STEPS)
 
 
 def test_all_tasks_succeeding() -> None:
@@ -147,19 +146,3 @@ def test_guest_paths() -> None:
     assert home_path("/home/build", "/etc/x") == "/etc/x"
     assert guest_path("/home/build", "out/a.txt") == "/home/build/out/a.txt"
     assert guest_path("/home/build", "/tmp/a") == "/tmp/a"
-
-
-def test_task_files_travel_as_one_archive_with_the_preamble() -> None:
-    import io
-    import tarfile
-
-    from buildworker.render import DEFAULT_PREAMBLE
-    from buildworker.worker.steps.task_files import task_archive
-
-    manifest = parse_manifest("image: debian/bookworm\ntasks:\n- a: echo a\n- b-2: echo b\n")
-    with tarfile.open(fileobj=io.BytesIO(task_archive(manifest.tasks, DEFAULT_PREAMBLE))) as tar:
-        members = {m.name: m for m in tar.getmembers()}
-        assert set(members) == {".tasks", ".tasks/a", ".tasks/b-2"}
-        assert members[".tasks/a"].mode == 0o755
-        script = tar.extractfile(".tasks/b-2").read().decode()  # type: ignore[union-attr]
-    assert script == DEFAULT_PREAMBLE + "echo b\n"
