@@ -20,18 +20,27 @@ Methods (worker config in ``worker_conf``):
   srht     builds.sr.ht's method, through the same broker, API and daemon: a cold boot, then
            ``ssh … echo 'hello world'`` with the OpenSSH client once a second until it
            answers, then one ``ssh`` process per guest command (``SrhtMethodHost``, a
-           bench-only VmHost: our one-archive task upload is replayed as builds.sr.ht's
-           mkdir/tee/chmod per task file, a file upload as tee + chmod), the first task as
-           ``ssh -tt … ./.tasks/<name>``.
+           bench-only VmHost). Our setup is one command with a tar.gz on its stdin
+           (worker/steps/setup.py); the bench's session decodes that archive and replays it
+           as builds.sr.ht's commands: per task file ``mkdir -p``, ``tee``, ``chmod``;
+           ``tee`` + ``chmod`` for ~/.buildenv; per secret ``tee`` + ``chmod`` of the staged
+           file, then each of the bundle's install lines for it (one ssh each). A command
+           with stdin it cannot replay fails the run (never one command silently). The
+           first task runs as ``ssh -tt … ./.tasks/<name>``.
   cold     ``[vm] warm-start = no``, ``pool-size = 0``.
-  restore  ``[vm] warm-start = yes``, ``pool-size = 0``; warm-up jobs run until one was
-           restored (at most ``--warmup + 2``), so making the snapshot is never a sample.
-  pool     ``[vm] warm-start = yes``, ``pool-size = 1``; before every job the bench polls
-           ``buildworker_pool_ready{image,arch}`` on the worker's /metrics until the pool is
-           full again, so each sample takes a pooled guest.
-While the worker does not know ``warm-start``/``pool-size`` yet (config error "unknown
-key"), the bench says so and falls back: cold = the defaults, restore = ``snapshot-boot =
-yes`` (the older in-process snapshot, made by the first job), pool = skipped.
+  restore  ``[vm] warm-start = yes``, ``pool-size = 0``; the snapshot is made ahead
+           (``Hypervisor.ensure_snapshot``), and warm-up jobs (at least one) run until one
+           was restored (at most ``--warmup + 2``): the first job is never a sample.
+  pool     ``[vm] warm-start = yes``, ``pool-size = 1`` (the pool as buildworker/commands/
+           worker.py wires it: ``vm_host_for``, ``pool.start()`` after the daemon);
+           before every job the bench polls ``buildworker_pool_ready{image,arch}`` on the
+           worker's /metrics until the pool is full again (a take refills ~2 s later plus
+           the restore), so each sample takes a pooled guest.
+Snapshots: a private ``[vm] snapshot-dir`` per bench run, /var/lib/buildworker/
+bench-start-<run>/snapshots (mode 0755, reachable by libvirt-qemu; the VMs' work-dir is
+beside it), removed at the end unless ``--keep``: the snapshot is made by this run, for
+this build of QEMU and the images, before any sample, and no other process's snapshot is
+measured or disturbed.
 
 What is measured (all ``time.monotonic()`` in this process):
   dequeue     the worker has no structlog event for a delivery (the consumer logs none, the
@@ -49,14 +58,14 @@ What is measured (all ``time.monotonic()`` in this process):
               starts), first byte (→ its first byte); plus the medians of every duration the
               worker itself logged for those jobs (``event.field_s``), so new events (a
               restore, a pool take) show up without changing the bench. Which path a job took
-              (cold/restored, from the guest's ``restored`` and the setup log's lines that
-              mention pool/snapshot/restore/cold) is counted per method.
+              (the guest's ``start_path``: cold, snapshot or pool) is counted per method,
+              checked against the setup log's "Guest settled in Xs (…)" line, with an
+              example of its "Warm start: …" line.
 Throughput: ``--throughput-jobs`` trivial jobs submitted at once to one worker with
 ``slots = --throughput-slots``, cold (warm-start no, pool 0) and warm (warm-start + pool 1),
 jobs per minute from the first submit to the last job finished; failures are counted.
 Idle cost: host CPU % (of one core) and RSS of a pooled guest's qemu process while it
-waits, sampled from /proc for ``--idle-seconds`` (without a pool: an idle settled guest the
-bench boots itself, labelled so).
+waits (niceness 15), sampled from /proc for ``--idle-seconds``.
 
 Prints medians, p95s (nearest rank) and ratios against builds.sr.ht's method; nothing is
 asserted. The worker's JSON log lines go to a file named at the end.
@@ -65,11 +74,12 @@ asserted. The worker's JSON log lines go to a file named at the end.
 from __future__ import annotations
 
 import argparse
-import base64
+import contextlib
 import io
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import statistics
@@ -95,7 +105,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import TOKEN, Api, rabbitmqctl  # noqa: E402
 
-from buildworker.config import Config, ConfigError, parse_config  # noqa: E402
+from buildworker.config import Config, parse_config  # noqa: E402
 from buildworker.guest.domain import domain_prefix  # noqa: E402
 from buildworker.guest.errors import (  # noqa: E402
     CommandCancelled,
@@ -107,30 +117,37 @@ from buildworker.guest.errors import (  # noqa: E402
 )
 from buildworker.guest.hypervisor import Hypervisor  # noqa: E402
 from buildworker.guest.images import ImageCatalogue  # noqa: E402
+from buildworker.guest.pool import WarmPool, vm_host_for  # noqa: E402
 from buildworker.guest.ssh import guest_path_expr  # noqa: E402
 from buildworker.log import configure_logging  # noqa: E402
 from buildworker.worker.apiclient import InternalApi  # noqa: E402
 from buildworker.worker.consumer import Delivery  # noqa: E402
 from buildworker.worker.daemon import Daemon  # noqa: E402
 from buildworker.worker.logs import SETUP_LOG  # noqa: E402
+from buildworker.worker.metrics import WorkerMetrics  # noqa: E402
+from buildworker.worker.steps.setup_bundle import MARK, STAGING  # noqa: E402
 
 MANIFEST = "image: debian/bookworm\ntasks:\n  - hi: echo hi\n"
 IMAGE = "debian/bookworm"
 METHODS = ("srht", "cold", "restore", "pool")
 SECTIONS = ("latency", "throughput", "idle")
 TERMINAL = ("success", "failed", "timeout", "cancelled")
-#: the keys being added to [vm] (issue 11); snapshot-dir may come later than the others
-NEW_KEYS = ("warm-start", "pool-size")
-OPTIONAL_KEYS = ("snapshot-dir",)
+#: where the run's snapshots and VM directories go (reachable by libvirt-qemu)
+STATE_ROOT = Path("/var/lib/buildworker")
 #: how long one job (or the pool refilling) may take before the bench gives up, in seconds
 JOB_TIMEOUT_S = 900.0
 POOL_TIMEOUT_S = 300.0
 #: builds.sr.ht's settle: an attempt a second, 120 s in all (worker/tasks.go)
 SRHT_SETTLE_INTERVAL_S = 1.0
-#: a line of the setup log that says which start path a job took
-PATH_LINE = re.compile(rb"[^\n]*(?:pool|snapshot|restor|cold)[^\n]*", re.IGNORECASE)
-#: our task upload: one inlined .tar.gz (buildworker/worker/steps/task_files.py)
-TASK_ARCHIVE = re.compile(r"printf %s ([A-Za-z0-9+/=]+) \| base64 -d \| tar -xzmf - -C (\S+)")
+#: the setup log's lines about the start path (worker/runner.py: _boot)
+PATH_LINE = re.compile(rb"(?:Warm start: |Guest settled in )[^\n]*")
+SETTLED_WORDS = re.compile(r"Guest settled in [0-9.]+s \((.*)\)")
+#: runner.py's _PATH_WORDS, the other way round
+PATH_OF_WORDS = {"cold boot": "cold", "restored from snapshot": "snapshot", "warm pool": "pool"}
+#: the lines of the setup script (worker/steps/setup_bundle.py: build_bundle) the srht
+#: method's session knows how to replay
+SETUP_TAR = re.compile(r"tar -xzmf - -C (.+) \|\| exit \$\?")
+SETUP_MARK = re.compile(r"printf '\\036buildworker-setup %s\\n' (\d+)")
 POOL_GAUGE = re.compile(r"^buildworker_pool_ready(\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
 
@@ -167,7 +184,10 @@ class Timeline:
     def __init__(self, events_path: Path) -> None:
         self._lock = threading.Lock()
         self.marks: dict[int, dict[str, float]] = {}
-        self.paths: dict[int, list[str]] = {}
+        #: the guest's start_path per job ("cold", "snapshot", "pool")
+        self.start_paths: dict[int, str] = {}
+        #: ssh processes the srht method's setup replay started, per job
+        self.setup_ssh: dict[int, int] = {}
         self.events: dict[int, list[tuple[float, dict[str, Any]]]] = {}
         self._out = events_path.open("w")
 
@@ -180,7 +200,12 @@ class Timeline:
     def note_path(self, job_id: int | None, path: str) -> None:
         if job_id is not None:
             with self._lock:
-                self.paths.setdefault(job_id, []).append(path)
+                self.start_paths.setdefault(job_id, path)
+
+    def count_ssh(self, job_id: int | None, n: int = 1) -> None:
+        if job_id is not None:
+            with self._lock:
+                self.setup_ssh[job_id] = self.setup_ssh.get(job_id, 0) + n
 
     def get(self, job_id: int) -> dict[str, float]:
         with self._lock:
@@ -225,7 +250,7 @@ class TimedSession:
 
     def run(self, command: str, **kwargs: Any) -> int:
         job = current_job(self._job_id)
-        if "./.tasks/" in command and "tar -x" not in command:
+        if command.startswith("./.tasks/"):  # worker/steps/run_tasks.py
             marks = self._timeline.get(job) if job is not None else {}
             if "task_started" not in marks:
                 self._timeline.mark(job, "task_started")
@@ -256,7 +281,9 @@ class TimedSession:
 
 
 class TimedGuest:
-    """Wraps a booted guest: marks when it answered, and whether it was restored."""
+    """Wraps a booted guest (``Guest``, ``PooledGuest``, ``SrhtGuest``): marks when it
+    answered (a pooled guest's ``wait_ready`` hands over its open connection at once) and
+    notes its ``start_path``."""
 
     def __init__(self, inner: Any, timeline: Timeline, job_id: int) -> None:
         self._inner = inner
@@ -272,9 +299,7 @@ class TimedGuest:
         session = self._inner.wait_ready(timeout, cancel=cancel)
         job = current_job(self._job_id)
         self._timeline.mark(job, "ready")
-        restored = getattr(self._inner, "restored", None)
-        if restored is not None:
-            self._timeline.note_path(job, "restored" if restored else "cold boot")
+        self._timeline.note_path(job, str(getattr(self._inner, "start_path", "cold")))
         return TimedSession(session, self._timeline, job)
 
     def destroy(self) -> None:
@@ -285,8 +310,8 @@ class TimedGuest:
 
 
 class TimedHost:
-    """Wraps the worker's VmHost: marks the boot call and its return. Anything else the
-    worker asks of its host (a pool, snapshots) goes to the wrapped one untouched."""
+    """Wraps the worker's VmHost (the WarmPool, the Hypervisor or the srht method's host):
+    marks the boot call and its return. Anything else goes to the wrapped one untouched."""
 
     def __init__(self, inner: Any, timeline: Timeline) -> None:
         self._inner = inner
@@ -313,18 +338,102 @@ def ssh_argv(port: int, key: Path, user: str, *, tty: bool = False) -> list[str]
     ]  # fmt: skip
 
 
+class SrhtReplayError(RuntimeError):
+    """The srht method's session got a command with stdin that it cannot replay as
+    builds.sr.ht's commands. The bench stops on it: it never runs one command instead."""
+
+
+@dataclass
+class SetupPlan:
+    """Our setup command (worker/steps/setup_bundle.py: build_bundle), taken apart."""
+
+    home: str
+    staging: str | None
+    #: per secret, in order: its index (the marker's) and the script lines that install it
+    secrets: list[tuple[int, list[str]]]
+
+
+def parse_setup_script(script: str) -> SetupPlan:
+    """``exec 2>&1``, [``bw_staging=…``, ``trap …``], ``tar -xzmf - -C HOME || exit $?``,
+    per secret a marker ``printf`` and its lines, ``exit 0``; anything else raises."""
+    lines = script.rstrip("\n").split("\n")
+    if len(lines) < 3 or lines[0] != "exec 2>&1" or lines[-1] != "exit 0":
+        raise SrhtReplayError(f"not our setup script (first/last line): {script[:200]!r}")
+    staging: str | None = None
+    at = 1
+    while at < len(lines) - 1 and SETUP_TAR.fullmatch(lines[at]) is None:
+        line = lines[at]
+        if line.startswith("bw_staging="):
+            words = shlex.split(line.removeprefix("bw_staging="))
+            if len(words) != 1:
+                raise SrhtReplayError(f"setup script: cannot read {line!r}")
+            staging = words[0]
+        elif not line.startswith("trap "):  # the trap's rm -rf: the replay removes it too
+            raise SrhtReplayError(f"setup script line {at + 1} is unknown to the bench: {line!r}")
+        at += 1
+    tar = SETUP_TAR.fullmatch(lines[at]) if at < len(lines) - 1 else None
+    if tar is None:
+        raise SrhtReplayError("setup script: no 'tar -xzmf - -C HOME' line")
+    home = shlex.split(tar.group(1))
+    if len(home) != 1:
+        raise SrhtReplayError(f"setup script: cannot read the home in {lines[at]!r}")
+    secrets: list[tuple[int, list[str]]] = []
+    for line in lines[at + 1 : -1]:
+        mark = SETUP_MARK.fullmatch(line)
+        if mark is not None:
+            secrets.append((int(mark.group(1)), []))
+        elif secrets:
+            secrets[-1][1].append(line)
+        else:
+            raise SrhtReplayError(f"setup script: a line before any secret's marker: {line!r}")
+    if secrets and staging != f"{home[0].rstrip('/')}/{STAGING}":
+        raise SrhtReplayError(f"setup script: secrets, but the staging folder is {staging!r}")
+    return SetupPlan(home[0], staging, secrets)
+
+
+#: one member of the setup archive: its name, its bytes (None: a folder), its mode
+ArchiveEntry = tuple[str, bytes | None, int]
+
+
+def read_setup_archive(data: bytes) -> list[ArchiveEntry]:
+    """The members of the setup command's stdin (a tar.gz), in order."""
+    entries: list[ArchiveEntry] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                if member.isdir():
+                    entries.append((member.name, None, member.mode))
+                elif member.isfile():
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    entries.append((member.name, source.read(), member.mode))
+                else:
+                    raise SrhtReplayError(f"setup archive: {member.name} is neither file nor dir")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise SrhtReplayError(f"the setup command's stdin is not a tar.gz: {exc}") from exc
+    return entries
+
+
 class SrhtSession:
     """A guest session the way builds.sr.ht's worker talks to guests: one ``ssh`` process
     per command (``tee`` for a file), nothing kept open."""
 
-    def __init__(self, port: int, key: Path, user: str) -> None:
+    def __init__(
+        self, port: int, key: Path, user: str, timeline: Timeline, failures: list[str]
+    ) -> None:
         self._port, self._key, self._user = port, key, user
+        self._timeline = timeline
+        self._failures = failures
 
-    def _ssh(self, command: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    def _ssh(
+        self, command: str, data: bytes | None = None, *, merge: bool = False
+    ) -> subprocess.CompletedProcess[bytes]:
+        self._timeline.count_ssh(current_job())
         return subprocess.run(
             [*ssh_argv(self._port, self._key, self._user), command],
             input=data if data is not None else b"",
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge else subprocess.PIPE,
             timeout=300,
             check=False,
         )
@@ -345,10 +454,14 @@ class SrhtSession:
         on_output: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
+        stdin: bytes | None = None,
     ) -> int:
-        archive = TASK_ARCHIVE.search(command)
-        if archive is not None:
-            return self._send_tasks(base64.b64decode(archive.group(1)), archive.group(2))
+        if stdin is not None:
+            try:
+                return self._replay_setup(command, stdin, on_output, cancel)
+            except SrhtReplayError as exc:
+                self._failures.append(str(exc))
+                raise
         proc = subprocess.Popen(
             [*ssh_argv(self._port, self._key, self._user, tty=pty), command],
             stdin=subprocess.DEVNULL,
@@ -386,19 +499,98 @@ class SrhtSession:
             raise GuestError(f"ssh {command!r}: the connection failed")
         return status
 
-    def _send_tasks(self, archive: bytes, root: str) -> int:
-        """builds.sr.ht's SendTasks: per task file ``mkdir -p``, ``tee``, ``chmod``."""
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            for member in tar.getmembers():
-                if not member.isfile():
-                    continue
-                source = tar.extractfile(member)
-                assert source is not None
-                path = f"{root}/{member.name}"
-                self._ssh_ok(f"mkdir -p {root}/{os.path.dirname(member.name)}")
-                self._ssh_ok(f"tee {path} >/dev/null", source.read())
-                self._ssh_ok(f"chmod {member.mode & 0o7777:o} {path}")
-        return 0
+    def _replay_setup(
+        self,
+        script: str,
+        archive: bytes,
+        on_output: Callable[[bytes], None] | None,
+        cancel: threading.Event | None,
+    ) -> int:
+        """Our one setup command, as builds.sr.ht's SendTasks, SendEnv and SendSecrets
+        would do it: one ssh process per command. Returns the first failing command's exit
+        status (0: all went), so steps/setup.py reports it as it reports its own."""
+        plan = parse_setup_script(script)
+        entries = read_setup_archive(archive)
+        home = plan.home.rstrip("/") or "/"
+        tasks: list[tuple[str, bytes, int]] = []
+        buildenv: tuple[bytes, int] | None = None
+        staged: dict[int, tuple[bytes, int]] = {}
+        for name, data, mode in entries:
+            if data is None:
+                if name not in (".tasks", STAGING):
+                    raise SrhtReplayError(f"setup archive: unknown folder {name!r}")
+            elif name.startswith(".tasks/") and "/" not in name.removeprefix(".tasks/"):
+                tasks.append((name, data, mode))
+            elif name == ".buildenv":
+                buildenv = (data, mode)
+            elif name.startswith(f"{STAGING}/") and name.removeprefix(f"{STAGING}/").isdigit():
+                staged[int(name.removeprefix(f"{STAGING}/"))] = (data, mode)
+            else:
+                raise SrhtReplayError(f"setup archive: unknown member {name!r}")
+        if buildenv is None:
+            raise SrhtReplayError("setup archive: no .buildenv")
+        if set(staged) - {index for index, _ in plan.secrets}:
+            raise SrhtReplayError("setup archive: a staged secret the script does not install")
+
+        def step(command: str, data: bytes | None = None) -> int:
+            if cancel is not None and cancel.is_set():
+                raise CommandCancelled(f"ssh {command!r}: cancelled")
+            try:
+                result = self._ssh(command, data, merge=True)
+            except subprocess.TimeoutExpired as exc:
+                raise CommandTimeout(f"ssh {command!r}: timed out") from exc
+            if result.stdout and on_output is not None:
+                on_output(result.stdout)
+            if result.returncode == 255:
+                raise GuestError(f"ssh {command!r}: the connection failed")
+            return result.returncode
+
+        def send(path: str, data: bytes, mode: int, *, mkdir: bool) -> int:
+            quoted = shlex.quote(path)
+            commands = [f"mkdir -p {shlex.quote(os.path.dirname(path))}"] if mkdir else []
+            commands += [f"tee {quoted} >/dev/null", f"chmod {mode & 0o7777:o} {quoted}"]
+            for command in commands:
+                status = step(command, data if command.startswith("tee ") else None)
+                if status != 0:
+                    return status
+            return 0
+
+        # SendTasks: per task file mkdir -p, tee, chmod
+        for name, data, mode in tasks:
+            status = send(f"{home}/{name}", data, mode, mkdir=True)
+            if status != 0:
+                return status
+        # SendEnv: ~/.buildenv
+        status = send(f"{home}/.buildenv", buildenv[0], buildenv[1], mkdir=False)
+        if status != 0:
+            return status
+        # SendSecrets: each secret's file, then the bundle's lines that install it
+        staging = plan.staging
+        made = False
+        try:
+            for index, lines in plan.secrets:
+                if on_output is not None:
+                    on_output(MARK + f"{index}\n".encode())  # the "Installing secret" line
+                assert staging is not None  # parse_setup_script checked it
+                if index in staged:
+                    if not made:
+                        made = True
+                        status = step(f"mkdir -p -m 700 {shlex.quote(staging)}")
+                        if status != 0:
+                            return status
+                    data, mode = staged[index]
+                    status = send(f"{staging}/{index}", data, mode, mkdir=False)
+                    if status != 0:
+                        return status
+                for line in lines:
+                    status = step(f"bw_staging={shlex.quote(staging)}; {line}")
+                    if status != 0:
+                        return status
+            return 0
+        finally:
+            if made and staging is not None:  # the bundle's trap
+                with contextlib.suppress(GuestError):
+                    step(f"rm -rf {shlex.quote(staging)}")
 
     def upload(self, path: str, data: bytes, mode: int = 0o644, *, sudo: bool = False) -> None:
         """builds.sr.ht's SendEnv/SendSecrets: (``mkdir -p`` for a subdirectory), ``tee``,
@@ -427,9 +619,11 @@ class SrhtSession:
 class SrhtGuest:
     """A cold-booted guest settled builds.sr.ht's way (worker/tasks.go, spec §2.2 step 7)."""
 
-    def __init__(self, inner: Any, key: Path) -> None:
+    def __init__(self, inner: Any, key: Path, timeline: Timeline, failures: list[str]) -> None:
         self._inner = inner
         self._key = key
+        self._timeline = timeline
+        self._failures = failures
 
     @property
     def domain_name(self) -> str:
@@ -457,7 +651,9 @@ class SrhtGuest:
             except subprocess.TimeoutExpired:
                 continue
             if result.returncode == 0 and result.stdout == b"hello world\n":
-                return SrhtSession(self._inner.ssh_port, self._key, user)
+                return SrhtSession(
+                    self._inner.ssh_port, self._key, user, self._timeline, self._failures
+                )
             time.sleep(SRHT_SETTLE_INTERVAL_S)
         raise SettleTimeout(f"Settle timed out after {attempts} attempts")
 
@@ -470,14 +666,18 @@ class SrhtGuest:
 
 class SrhtMethodHost:
     """builds.sr.ht's method as a VmHost: our cold boot (same image, same QEMU flags), their
-    settle and their one-ssh-process-per-command session."""
+    settle and their one-ssh-process-per-command session. A setup it could not replay is
+    appended to ``failures`` (the bench stops on it)."""
 
-    def __init__(self, inner: Any, key: Path) -> None:
+    def __init__(self, inner: Any, key: Path, timeline: Timeline, failures: list[str]) -> None:
         self._inner = inner
         self._key = key
+        self._timeline = timeline
+        self._failures = failures
 
     def boot(self, image: Any, *, job_id: int, attempt: int) -> SrhtGuest:
-        return SrhtGuest(self._inner.boot(image, job_id=job_id, attempt=attempt), self._key)
+        guest = self._inner.boot(image, job_id=job_id, attempt=attempt)
+        return SrhtGuest(guest, self._key, self._timeline, self._failures)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -527,10 +727,13 @@ class Env:
     ssh_key: Path
     timeline: Timeline
     run_id: str
-    #: None until the first worker config is parsed; then whether [vm] has the new keys
-    new_keys: bool | None = None
-    dropped: list[str] = field(default_factory=list)
+    #: this run's [vm] snapshot-dir and work-dir live here (STATE_ROOT/bench-start-<run>)
+    vmroot: Path
     notes: list[str] = field(default_factory=list)
+    #: setups the srht method could not replay (the run stops on the first)
+    failures: list[str] = field(default_factory=list)
+    #: whether this run's snapshot of IMAGE was made (ensure_snapshot)
+    snapshot_ready: bool = False
 
 
 @dataclass
@@ -538,6 +741,8 @@ class Worker:
     name: str
     daemon: BenchDaemon
     hypervisor: Hypervisor
+    pool: WarmPool | None
+    api: BenchApi
     metrics_url: str
     server: Any
     thread: threading.Thread
@@ -545,11 +750,9 @@ class Worker:
 
 
 def worker_conf(env: Env, name: str, *, slots: int, warm: bool, pool: int) -> Config:
-    """The worker's config for one method, as a worker.conf would say it. Falls back to
-    ``snapshot-boot`` while [vm] has no ``warm-start``/``pool-size`` (the caller learns it
-    from ``env.new_keys``)."""
+    """The worker's config for one method, as a worker.conf would say it."""
     metrics = f"127.0.0.1:{free_port()}"
-    head = [
+    lines = [
         "[worker]",
         f"name = {name}",
         f"api-url = {env.api.url}",
@@ -562,60 +765,68 @@ def worker_conf(env: Env, name: str, *, slots: int, warm: bool, pool: int) -> Co
         f"url = {env.amqp_url}",
         "[vm]",
         f"ssh-key = {env.ssh_key}",
-        f"work-dir = {env.workdir / 'vms'}",
+        f"work-dir = {env.vmroot / 'vms'}",
+        f"warm-start = {'yes' if warm else 'no'}",
+        f"snapshot-dir = {env.vmroot / 'snapshots'}",
+        f"pool-size = {pool}",
     ]
-    new = {
-        "warm-start": "yes" if warm else "no",
-        "pool-size": str(pool),
-        "snapshot-dir": str(env.workdir / "snapshots"),
-    }
-    for key in env.dropped:
-        new.pop(key, None)
-    if env.new_keys is not False:
-        while True:
-            text = "\n".join(head + [f"{k} = {v}" for k, v in new.items()]) + "\n"
-            try:
-                config = parse_config(text)
-            except ConfigError as exc:
-                unknown = re.search(r"vm\.([\w-]+): unknown key", str(exc))
-                if unknown is None:
-                    raise
-                key = unknown.group(1)
-                if key in OPTIONAL_KEYS:
-                    new.pop(key)
-                    env.dropped.append(key)
-                    env.notes.append(f"[vm] {key} is unknown to this worker: left at its default")
-                    continue
-                env.new_keys = False
-                env.notes.append(
-                    f"[vm] {key} is unknown to this worker ({exc}): the warm-start/pool keys "
-                    "are not merged yet, so cold = defaults, restore = snapshot-boot = yes "
-                    "(older in-process snapshot), pool = skipped"
-                )
-                break
-            else:
-                env.new_keys = True
-                return config
-    text = "\n".join([*head, f"snapshot-boot = {'yes' if warm else 'no'}"]) + "\n"
-    return parse_config(text)
+    return parse_config("\n".join(lines) + "\n")
+
+
+def ensure_snapshot(env: Env) -> None:
+    """Make this run's snapshot of IMAGE before any warm worker starts (so no sample, and no
+    pool refill, waits for it). The shape is the same for every method: [vm] vcpus, memory,
+    accel and the image are the defaults everywhere."""
+    if env.snapshot_ready:
+        return
+    config = worker_conf(env, f"bench{env.run_id}snap", slots=1, warm=True, pool=0)
+    hypervisor = Hypervisor(config.vm, worker_name=config.worker.name)
+    try:
+        image = ImageCatalogue(config.worker.images).resolve(IMAGE, None)
+        t0 = time.monotonic()
+        snapshot, made = hypervisor.ensure_snapshot(image)
+        took = time.monotonic() - t0
+    finally:
+        hypervisor.close()
+    what = f"made in {took:.1f}s" if made else "already there"
+    print(f"snapshot {snapshot.directory} {what}", flush=True)
+    env.notes.append(f"snapshot of {IMAGE}: {snapshot.directory} ({what}, before any sample)")
+    env.snapshot_ready = True
 
 
 def start_worker(env: Env, config: Config, *, srht: bool = False) -> Worker:
-    """The daemon as `buildworker worker` starts it (buildworker/commands/worker.py), with
-    the bench's timing wrappers around its VmHost and API client."""
+    """The daemon as `buildworker worker` starts it (buildworker/commands/worker.py: the
+    Hypervisor, ``vm_host_for``'s warm pool feeding ``buildworker_pool_ready``, the Daemon
+    on ``pool or vms``, ``pool.start()`` once the daemon is up), with the bench's timing
+    wrappers around its VmHost and API client."""
+    catalogue = ImageCatalogue(config.worker.images)
     hypervisor = Hypervisor(config.vm, worker_name=config.worker.name)
     hypervisor.reap_leftovers()
-    host: Any = SrhtMethodHost(hypervisor, config.vm.ssh_key) if srht else hypervisor
+    metrics = WorkerMetrics()
+    pool = vm_host_for(
+        config,
+        catalogue,
+        hypervisor,
+        on_ready=lambda image, arch, n: metrics.pool_ready.labels(image=image, arch=arch).set(n),
+    )
+    if config.vm.warm_start and config.vm.pool_size and pool is None:
+        hypervisor.close()
+        raise RuntimeError(f"{config.worker.name}: pool-size {config.vm.pool_size} but no pool")
+    if pool is not None and [t.image.name for t in pool.targets] != [IMAGE]:
+        sized = {f"{t.image.name}@{t.image.arch}": t.size for t in pool.targets}
+        env.notes.append(f"{config.worker.name}: the pool keeps {sized}, not only {IMAGE}")
+    vms: Any = pool or hypervisor
+    host: Any = SrhtMethodHost(vms, config.vm.ssh_key, env.timeline, env.failures) if srht else vms
     api = BenchApi(config.worker.api_url, config.worker.token)
     api.timeline = env.timeline
-    daemon = BenchDaemon(
-        config, ImageCatalogue(config.worker.images), TimedHost(host, env.timeline), api
-    )
+    daemon = BenchDaemon(config, catalogue, TimedHost(host, env.timeline), api, metrics=metrics)
     daemon.timeline = env.timeline
     daemon.start()
     server = daemon.metrics.serve(config.worker.metrics_bind)
     thread = threading.Thread(target=daemon.run_until_stopped, name="bench-daemon", daemon=True)
     thread.start()
+    if pool is not None:
+        pool.start()  # after the daemon is up, as the worker does
     deadline = time.monotonic() + 30
     while not daemon.broker_connected():
         if time.monotonic() > deadline:
@@ -625,6 +836,8 @@ def start_worker(env: Env, config: Config, *, srht: bool = False) -> Worker:
         config.worker.name,
         daemon,
         hypervisor,
+        pool,
+        api,
         f"http://{config.worker.metrics_bind}/metrics",
         server,
         thread,
@@ -633,15 +846,22 @@ def start_worker(env: Env, config: Config, *, srht: bool = False) -> Worker:
 
 
 def stop_worker(worker: Worker) -> None:
+    """In the order of buildworker/commands/worker.py: the daemon, its server and API
+    client, the pool (its waiting guests go), then the hypervisor."""
     worker.daemon.stop_now()
     worker.thread.join(180)
     worker.server.close()
+    worker.api.close()
+    if worker.pool is not None:
+        worker.pool.close()
     worker.hypervisor.close()
 
 
 def wait_job(env: Env, job_id: int, timeout: float = JOB_TIMEOUT_S) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if env.failures:
+            raise SrhtReplayError(f"job {job_id}: builds.sr.ht's method: {env.failures[0]}")
         status = str(env.api.http.get(f"/api/jobs/{job_id}").json()["status"])
         if status in TERMINAL:
             return status
@@ -650,15 +870,14 @@ def wait_job(env: Env, job_id: int, timeout: float = JOB_TIMEOUT_S) -> str:
 
 
 def setup_path_lines(env: Env, job_id: int) -> list[str]:
-    """The setup log's lines about the start path (pool, snapshot, restore, cold)."""
+    """The setup log's "Warm start: …" and "Guest settled in Xs (…)" lines."""
     response = env.api.http.get(f"/logs/{job_id}/log")
     if response.status_code not in (200, 206):
         return []
-    lines = []
-    for match in PATH_LINE.finditer(response.content):
-        text = match.group(0).decode(errors="replace").strip()
-        lines.append(re.sub(r"^\[#\d+\] \S+ \S+ ", "", text))
-    return lines
+    return [
+        match.group(0).decode(errors="replace").strip()
+        for match in PATH_LINE.finditer(response.content)
+    ]
 
 
 def pool_ready(metrics_url: str) -> float | None:
@@ -696,7 +915,12 @@ class Sample:
     status: str
     submitted: float
     marks: dict[str, float]
-    paths: list[str]
+    #: the guest's start_path ("cold", "snapshot", "pool"; None: no guest answered)
+    start_path: str | None
+    #: the setup log's "Warm start: …" and "Guest settled in …" lines
+    lines: list[str]
+    #: ssh processes of the srht method's setup replay
+    setup_ssh: int = 0
 
     def span(self, start: str, end: str) -> float | None:
         if start == "submitted":
@@ -705,6 +929,26 @@ class Sample:
             t0 = self.marks.get(start)
         t1 = self.marks.get(end)
         return None if t0 is None or t1 is None else t1 - t0
+
+    @property
+    def logged_path(self) -> str | None:
+        """The start path the setup log's "Guest settled in Xs (…)" line names."""
+        for line in self.lines:
+            words = SETTLED_WORDS.match(line)
+            if words is not None:
+                return PATH_OF_WORDS.get(words.group(1), words.group(1))
+        return None
+
+    @property
+    def warm_note(self) -> str | None:
+        return next((line for line in self.lines if line.startswith("Warm start: ")), None)
+
+    def describe(self) -> str:
+        path = self.start_path or "no guest"
+        if self.logged_path not in (None, self.start_path):
+            path += f" (setup log says {self.logged_path}!)"
+        ssh = f", setup in {self.setup_ssh} ssh processes" if self.setup_ssh else ""
+        return path + ssh
 
 
 PHASES = (
@@ -722,32 +966,42 @@ def run_one(env: Env, worker: Worker, pool: int) -> Sample:
     submitted = time.monotonic()
     job_id = env.api.submit(MANIFEST)
     status = wait_job(env, job_id)
-    marks = env.timeline.get(job_id)
-    paths = list(env.timeline.paths.get(job_id, [])) + setup_path_lines(env, job_id)
-    return Sample(job_id, status, submitted, marks, paths)
-
-
-def measure_method(env: Env, method: str, jobs: int, warmup: int) -> list[Sample] | None:
-    pool = 1 if method == "pool" else 0
-    config = worker_conf(
-        env, f"bench{env.run_id}{method}", slots=1, warm=method in ("restore", "pool"), pool=pool
+    return Sample(
+        job_id,
+        status,
+        submitted,
+        env.timeline.get(job_id),
+        env.timeline.start_paths.get(job_id),
+        setup_path_lines(env, job_id),
+        env.timeline.setup_ssh.get(job_id, 0),
     )
-    if not env.new_keys and method == "pool":
-        print("  pool: skipped (the worker has no [vm] pool-size yet)", flush=True)
-        return None
+
+
+#: the start path every sample of a method must have taken
+EXPECTED_PATH = {"srht": "cold", "cold": "cold", "restore": "snapshot", "pool": "pool"}
+
+
+def measure_method(env: Env, method: str, jobs: int, warmup: int) -> list[Sample]:
+    pool = 1 if method == "pool" else 0
+    warm = method in ("restore", "pool")
+    if warm:
+        ensure_snapshot(env)
+    config = worker_conf(env, f"bench{env.run_id}{method}", slots=1, warm=warm, pool=pool)
     worker = start_worker(env, config, srht=method == "srht")
+    expected = EXPECTED_PATH[method]
     try:
-        # A restore's first job may still make the snapshot: warm up until one restored.
-        tries = warmup + (2 if method == "restore" and warmup else 0)
+        # The first job of a worker is never a sample; a restore's warm-up goes on until one
+        # was restored (the snapshot is made ahead, so that is the first one).
+        least = max(warmup, 1) if warm else warmup
+        tries = least + (2 if method == "restore" else 0)
         for done in range(1, tries + 1):
             sample = run_one(env, worker, pool)
             print(
                 f"  {method} warm-up job {sample.job_id}: {sample.status}, "
-                f"{_fmt(sample.span('dequeued', 'first_byte'))} "
-                f"({', '.join(sample.paths) or 'no path noted'})",
+                f"{_fmt(sample.span('dequeued', 'first_byte'))} ({sample.describe()})",
                 flush=True,
             )
-            if done >= warmup and (method != "restore" or "restored" in sample.paths):
+            if done >= least and (method != "restore" or sample.start_path == expected):
                 break
         samples = []
         for n in range(jobs):
@@ -755,10 +1009,15 @@ def measure_method(env: Env, method: str, jobs: int, warmup: int) -> list[Sample
             samples.append(sample)
             print(
                 f"  {method} {n + 1}/{jobs} job {sample.job_id}: {sample.status}, dequeue → "
-                f"first byte {_fmt(sample.span('dequeued', 'first_byte'))}"
-                f" ({', '.join(sample.paths) or 'no path noted'})",
+                f"first byte {_fmt(sample.span('dequeued', 'first_byte'))} "
+                f"({sample.describe()})",
                 flush=True,
             )
+            if sample.start_path != expected:
+                env.notes.append(
+                    f"{method}: job {sample.job_id} started {sample.start_path}, not {expected}"
+                    f" ({sample.warm_note or 'no Warm start line'})"
+                )
         return samples
     finally:
         stop_worker(worker)
@@ -834,14 +1093,17 @@ def report_latency(results: dict[str, list[Sample]], env: Env) -> None:
         text = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in sorted(logged.items()))
         print(f"   {method:8s} {text or '-'}")
     print()
-    print("   start path per method (guest.restored, setup-log lines):")
+    print("   start path per method (guest.start_path; the setup log's line for one of them):")
     for method, samples in results.items():
-        counts: dict[str, int] = {}
+        counts: dict[str, list[Sample]] = {}
         for s in samples:
-            key = " | ".join(dict.fromkeys(s.paths)) or "no path noted"
-            counts[key] = counts.get(key, 0) + 1
-        for key, count in counts.items():
-            print(f"   {method:8s} {count:3d} x {key}")
+            counts.setdefault(s.describe().partition(",")[0], []).append(s)
+        for key, those in counts.items():
+            note = those[0].warm_note or "no 'Warm start:' line"
+            print(f"   {method:8s} {len(those):3d} x {key:10s}  e.g. {note}")
+        ssh = [s.setup_ssh for s in samples if s.setup_ssh]
+        if ssh:
+            print(f"   {method:8s} setup: {statistics.median(ssh):.0f} ssh processes per job")
 
 
 # --- 2. throughput --------------------------------------------------------------------------
@@ -850,13 +1112,12 @@ def report_latency(results: dict[str, list[Sample]], env: Env) -> None:
 def measure_throughput(env: Env, label: str, jobs: int, slots: int) -> tuple[float, int, int]:
     """(jobs per minute, succeeded, failed) of ``jobs`` trivial jobs submitted at once."""
     warm = label == "warm"
-    pool = 1 if warm and env.new_keys else 0
+    pool = 1 if warm else 0
+    if warm:  # the snapshot is made before the clock starts
+        ensure_snapshot(env)
     config = worker_conf(env, f"bench{env.run_id}tp{label}", slots=slots, warm=warm, pool=pool)
     worker = start_worker(env, config)
     try:
-        if warm:  # the snapshot is made before the clock starts
-            warm_up = run_one(env, worker, pool)
-            print(f"  throughput {label}: warm-up job {warm_up.job_id} {warm_up.status}")
         if pool:
             wait_pool_full(worker, pool)
         t0 = time.monotonic()
@@ -911,40 +1172,23 @@ def sample_idle(pid: int, seconds: float) -> tuple[float, int]:
 
 
 def measure_idle(env: Env, seconds: float) -> tuple[str, float, int] | None:
-    if env.new_keys:
-        config = worker_conf(env, f"bench{env.run_id}idle", slots=1, warm=True, pool=1)
-        worker = start_worker(env, config)
-        try:
-            wait_pool_full(worker, 1)
-            time.sleep(2.0)  # the refill's own work is over
-            pids = qemu_pids(worker.name)
-            if not pids:
-                print("  idle: the pool is full but no qemu process of this worker was found")
-                return None
-            name, pid = next(iter(pids.items()))
-            cpu, rss = sample_idle(pid, seconds)
-            return f"pooled guest {name}", cpu, rss
-        finally:
-            stop_worker(worker)
-    # No pool yet: an idle settled guest with its SSH connection open, booted here.
-    config = worker_conf(env, f"bench{env.run_id}idle", slots=1, warm=False, pool=0)
-    hypervisor = Hypervisor(config.vm, worker_name=config.worker.name)
-    guest = None
+    ensure_snapshot(env)
+    config = worker_conf(env, f"bench{env.run_id}idle", slots=1, warm=True, pool=1)
+    worker = start_worker(env, config)
     try:
-        image = ImageCatalogue(env.images).resolve(IMAGE, None)
-        guest = hypervisor.boot(image, job_id=1, attempt=1)
-        guest.wait_ready(180)
-        time.sleep(5.0)  # the guest's own boot tail (timers, journald) settles
-        pids = qemu_pids(config.worker.name)
-        found = pids.get(guest.domain_name)
-        if found is None:
+        wait_pool_full(worker, 1)
+        time.sleep(2.0)  # the refill's own work is over
+        pooled = worker.pool.guests() if worker.pool is not None else []
+        pids = qemu_pids(worker.name)
+        found = [(g.domain_name, pids[g.domain_name]) for g in pooled if g.domain_name in pids]
+        if not found:
+            print("  idle: the pool is full but no qemu process of its guests was found")
             return None
-        cpu, rss = sample_idle(found, seconds)
-        return "no pool: an idle settled guest (SSH open) booted by the bench", cpu, rss
+        name, pid = found[0]
+        cpu, rss = sample_idle(pid, seconds)
+        return f"pooled guest {name}", cpu, rss
     finally:
-        if guest is not None:
-            guest.destroy()
-        hypervisor.close()
+        stop_worker(worker)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -961,7 +1205,9 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--images", type=Path, default=default_images())
     parser.add_argument("--ssh-key", type=Path, default=REPO / ".state" / "id_ed25519")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory and the snapshots"
+    )
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     sections = [s for s in args.sections.split(",") if s]
@@ -972,6 +1218,10 @@ def main() -> int:
     run_id = uuid.uuid4().hex[:6]
     workdir = Path(tempfile.mkdtemp(prefix="bw-start-", dir="/tmp"))
     workdir.chmod(0o755)
+    vmroot = STATE_ROOT / f"bench-start-{run_id}"
+    for folder in (vmroot, vmroot / "snapshots", vmroot / "vms"):
+        folder.mkdir(mode=0o755, parents=True)
+        folder.chmod(0o755)  # libvirt-qemu reaches the frozen overlays and the VM folders
     events_path = Path(tempfile.gettempdir()) / f"bw-start-{run_id}-events.jsonl"
     timeline = Timeline(events_path)
     configure_logging(True, "info", masker=timeline, stream=open(os.devnull, "w"))  # noqa: SIM115
@@ -980,18 +1230,15 @@ def main() -> int:
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}"
     api = Api(workdir, amqp_url)
-    env = Env(api, amqp_url, workdir, args.images, args.ssh_key, timeline, run_id)
+    env = Env(api, amqp_url, workdir, args.images, args.ssh_key, timeline, run_id, vmroot)
     results: dict[str, list[Sample]] = {}
     throughput: dict[str, tuple[float, int, int]] = {}
     idle: tuple[str, float, int] | None = None
     try:
-        worker_conf(env, f"bench{run_id}probe", slots=1, warm=True, pool=1)  # sets new_keys
         if "latency" in sections:
             for method in methods:
                 print(f"latency: {method}, {args.jobs} jobs (+ warm-up) ...", flush=True)
-                samples = measure_method(env, method, args.jobs, args.warmup)
-                if samples is not None:
-                    results[method] = samples
+                results[method] = measure_method(env, method, args.jobs, args.warmup)
         if "throughput" in sections:
             for label in ("cold", "warm"):
                 print(
@@ -1011,6 +1258,7 @@ def main() -> int:
         timeline.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(vmroot, ignore_errors=True)
 
     for note in dict.fromkeys(env.notes):
         print(f"note: {note}")
@@ -1022,8 +1270,7 @@ def main() -> int:
             f"2. throughput: {args.throughput_jobs} trivial jobs, slots = {args.throughput_slots}"
         )
         for label, (per_min, ok, failed) in throughput.items():
-            what = "warm-start + pool 1" if env.new_keys else "snapshot-boot = yes, no pool"
-            kind = "warm-start no, pool 0" if label == "cold" else what
+            kind = "warm-start no, pool 0" if label == "cold" else "warm-start + pool 1"
             print(f"   {label:5s} ({kind}): {per_min:5.1f} jobs/min, {ok} ok, {failed} failed")
         if "cold" in throughput and "warm" in throughput:
             print(f"   ratio warm/cold: {throughput['warm'][0] / throughput['cold'][0]:.2f}")
@@ -1035,7 +1282,7 @@ def main() -> int:
     print()
     print(f"worker events (JSON lines): {events_path}")
     if args.keep:
-        print(f"work directory kept: {workdir}")
+        print(f"work directory kept: {workdir}; snapshots and VM folders: {vmroot}")
     return 0
 
 
