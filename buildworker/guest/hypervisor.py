@@ -292,7 +292,11 @@ class Hypervisor:
         directory: Path | None = None,
     ) -> Guest:
         assert image.kernel is not None
-        log = self._log.bind(job_id=job_id, attempt=attempt, domain=name)
+        log = (
+            self._log.bind(job_id=job_id, attempt=attempt, domain=name)
+            if job_id
+            else self._log.bind(domain=name)  # a template or pool guest: no job yet
+        )
         backing = template.frozen if template is not None else image.disk
         with map_libvirt_errors(f"{name}: preparing the overlay"):
             t0 = time.monotonic()

@@ -246,10 +246,13 @@ class WarmPool:
         if entry is None:
             return self.hypervisor.boot(image, job_id=job_id, attempt=attempt)
         _renice(_qemu_pid(entry.guest), 0)  # it is a build now: full priority
+        entry.guest.assign(job_id, attempt, image.name)
         self._log.info(
             "pool.taken",
             job_id=job_id,
             attempt=attempt,
+            image=image.name,
+            arch=image.arch,
             domain=entry.guest.domain_name,
             waited_s=round(time.monotonic() - entry.ready_at, 3),
         )

@@ -82,7 +82,13 @@ class Guest:
         self._destroyed = threading.Event()
         self._connections: list[GuestConnection] = []
         self._lock = threading.Lock()
-        self._log = _log.bind(job_id=job_id, attempt=attempt, domain=domain_name)
+        # Job 0 is a guest of no job yet (a snapshot template, a warm-pool guest): its
+        # events must not claim a job; a pooled guest gets its job's id when taken (assign).
+        self._log = (
+            _log.bind(job_id=job_id, attempt=attempt, domain=domain_name)
+            if job_id
+            else _log.bind(domain=domain_name)
+        )
 
     def wait_ready(self, timeout: float, cancel: StopSignal | None = None) -> GuestConnection:
         """Block until SSH answers a command (host key checked); return that connection.
@@ -160,6 +166,10 @@ class Guest:
         except (OSError, ValueError):
             return None
         return None
+
+    def assign(self, job_id: int, attempt: int, image: str) -> None:
+        """This (pooled) guest now runs that job: its later events carry the job's ids."""
+        self._log = _log.bind(job_id=job_id, attempt=attempt, image=image, domain=self.domain_name)
 
     @property
     def domain(self) -> libvirt.virDomain:
