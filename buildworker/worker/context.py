@@ -177,6 +177,8 @@ class BuildContext:
     #: called once when the first task starts (SSH `connect` stops showing the setup log)
     on_first_task: Callable[[], None] | None = None
     _task_started: dict[str, float] = field(default_factory=dict, repr=False)
+    _report: threading.Thread | None = field(default=None, repr=False)
+    _report_error: BaseException | None = field(default=None, repr=False)
 
     @property
     def manifest(self) -> Manifest:
@@ -254,8 +256,13 @@ class BuildContext:
             raise guest_outcome(exc, what, self.cancel, self.remaining()) from exc
 
     def set_task_status(self, name: str, status: str) -> None:
-        """Record and report a task's status (logs are flushed first so they stay in order)."""
-        self.logs.flush(release=False)
+        """Record and report a task's status (logs are flushed first so they stay in order).
+
+        "running" is reported off the critical path: the task's command starts while the
+        setup log is flushed and the API told (two HTTP calls that would come before the
+        first task byte otherwise). The next status waits for that report, so the API sees
+        a task's statuses in order, and an error of it is raised there."""
+        self.wait_reports()
         now = time.monotonic()
         if status == "running":
             self._task_started[name] = now
@@ -263,10 +270,35 @@ class BuildContext:
                 self.first_task_started_at = now
                 if self.on_first_task is not None:
                     self.on_first_task()
-        elif name in self._task_started:
+            self.task_statuses[name] = status
+            self._report = threading.Thread(
+                target=self._send_status, args=(name, status), name="task-status", daemon=True
+            )
+            self._report.start()
+            return
+        if name in self._task_started:
             self.task_timings.append((status, now - self._task_started.pop(name)))
+        self.logs.flush(release=False)
         self.task_statuses[name] = status
         self.reporter.task_status(name, status)
+
+    def _send_status(self, name: str, status: str) -> None:
+        try:
+            self.logs.flush(release=False)
+            self.reporter.task_status(name, status)
+        # Not the edge of anything: the error is handed to wait_reports, which raises it in
+        # the build's own thread.
+        except BaseException as exc:
+            self._report_error = exc
+
+    def wait_reports(self) -> None:
+        """Wait for a status report still being sent; raise its error, if it failed."""
+        report, self._report = self._report, None
+        if report is not None:
+            report.join()
+        error, self._report_error = self._report_error, None
+        if error is not None:
+            raise error
 
 
 def guest_outcome(

@@ -262,6 +262,10 @@ class BuildRunner:
         statuses: dict[str, str] = {}
         first: float | None = None
         if ctx is not None:
+            try:
+                ctx.wait_reports()
+            except Exception as exc:  # after the build: a lost report must not hide the end
+                ctx.log.warning("task_status_failed", error=str(exc))
             self._settle_task_statuses(ctx, result)
             statuses = dict(ctx.task_statuses)
             first = ctx.first_task_byte_at
