@@ -51,6 +51,7 @@ class Workers:
             f"[worker]\nname = owned-{name}-{uuid.uuid4().hex[:6]}\napi-url = {self.live.url}\n"
             f"token = {WORKER_TOKEN}\nimages = {IMAGES}\ndrain-timeout = 30s\n"
             f"[vm]\nssh-key = {SSH_KEY}\nwork-dir = {self.work_dir}\nforwards = {forwards}\n"
+            "warm-start = no\n"  # no guest is needed here: no snapshot, no pool to leak
             "[log]\nlevel = info\n"
         )
         log = (self.tmp / f"{name}.log").open("ab")

@@ -163,6 +163,12 @@ def vm_work_dir() -> Path:
     return path
 
 
+def job_dirs(work_dir: Path) -> list[Path]:
+    """The overlay directories of jobs' guests in ``work_dir`` (not the warm pool's, which
+    belong to job 0 and stay until their worker stops)."""
+    return [p for p in work_dir.iterdir() if p.name.split("-")[-2:-1] != ["0"]]
+
+
 def write_run_config(path: Path, work_dir: Path, **worker: str) -> Path:
     """A worker.conf for `buildworker run` on this checkout's images and key."""
     lines = ["[worker]", f"images = {IMAGES}"]
