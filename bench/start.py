@@ -20,7 +20,7 @@ Methods (worker config in ``worker_conf``):
   srht     builds.sr.ht's method, through the same broker, API and daemon: a cold boot, then
            ``ssh … echo 'hello world'`` with the OpenSSH client once a second until it
            answers, then one ``ssh`` process per guest command (``SrhtMethodHost``, a
-           bench-only VmHost). Our setup is one command with a tar.gz on its stdin
+           bench-only VmHost). Our setup is one command with a tar on its stdin
            (worker/steps/setup.py); the bench's session decodes that archive and replays it
            as builds.sr.ht's commands: per task file ``mkdir -p``, ``tee``, ``chmod``;
            ``tee`` + ``chmod`` for ~/.buildenv; per secret ``tee`` + ``chmod`` of the staged
@@ -146,7 +146,7 @@ SETTLED_WORDS = re.compile(r"Guest settled in [0-9.]+s \((.*)\)")
 PATH_OF_WORDS = {"cold boot": "cold", "restored from snapshot": "snapshot", "warm pool": "pool"}
 #: the lines of the setup script (worker/steps/setup_bundle.py: build_bundle) the srht
 #: method's session knows how to replay
-SETUP_TAR = re.compile(r"tar -xzmf - -C (.+) \|\| exit \$\?")
+SETUP_TAR = re.compile(r"tar -xmf - -C (.+) \|\| exit \$\?")
 SETUP_MARK = re.compile(r"printf '\\036buildworker-setup %s\\n' (\d+)")
 POOL_GAUGE = re.compile(r"^buildworker_pool_ready(\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
@@ -354,7 +354,7 @@ class SetupPlan:
 
 
 def parse_setup_script(script: str) -> SetupPlan:
-    """``exec 2>&1``, [``bw_staging=…``, ``trap …``], ``tar -xzmf - -C HOME || exit $?``,
+    """``exec 2>&1``, [``bw_staging=…``, ``trap …``], ``tar -xmf - -C HOME || exit $?``,
     per secret a marker ``printf`` and its lines, ``exit 0``; anything else raises."""
     lines = script.rstrip("\n").split("\n")
     if len(lines) < 3 or lines[0] != "exec 2>&1" or lines[-1] != "exit 0":
@@ -373,7 +373,7 @@ def parse_setup_script(script: str) -> SetupPlan:
         at += 1
     tar = SETUP_TAR.fullmatch(lines[at]) if at < len(lines) - 1 else None
     if tar is None:
-        raise SrhtReplayError("setup script: no 'tar -xzmf - -C HOME' line")
+        raise SrhtReplayError("setup script: no 'tar -xmf - -C HOME' line")
     home = shlex.split(tar.group(1))
     if len(home) != 1:
         raise SrhtReplayError(f"setup script: cannot read the home in {lines[at]!r}")
@@ -396,10 +396,10 @@ ArchiveEntry = tuple[str, bytes | None, int]
 
 
 def read_setup_archive(data: bytes) -> list[ArchiveEntry]:
-    """The members of the setup command's stdin (a tar.gz), in order."""
+    """The members of the setup command's stdin (a tar), in order."""
     entries: list[ArchiveEntry] = []
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for member in tar.getmembers():
                 if member.isdir():
                     entries.append((member.name, None, member.mode))
@@ -410,7 +410,7 @@ def read_setup_archive(data: bytes) -> list[ArchiveEntry]:
                 else:
                     raise SrhtReplayError(f"setup archive: {member.name} is neither file nor dir")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise SrhtReplayError(f"the setup command's stdin is not a tar.gz: {exc}") from exc
+        raise SrhtReplayError(f"the setup command's stdin is not a tar: {exc}") from exc
     return entries
 
 

@@ -29,6 +29,7 @@ import structlog
 
 from buildworker.config import VmConfig
 from buildworker.guest.accel import AccelChoice, choose_accel, probe_host
+from buildworker.guest.copyprep import TEMPLATE_PREP_TIMEOUT_S, template_prep_command
 from buildworker.guest.domain import (
     DEFAULT_CMDLINE,
     DomainSpec,
@@ -51,7 +52,7 @@ from buildworker.guest.snapstore import (
     SnapshotStore,
     shape_of,
 )
-from buildworker.guest.ssh import load_private_key
+from buildworker.guest.ssh import GuestConnection, load_private_key
 from buildworker.guest.vm import CONSOLE_NAME, Guest
 
 __all__ = ["Guest", "Hypervisor", "map_libvirt_errors"]
@@ -476,6 +477,7 @@ class Hypervisor:
                 if self._closing.is_set():
                     raise VMError("the worker is stopping")
                 conn = guest.wait_ready(self.config.settle_timeout, cancel=self._closing)
+                self._prepare_template(conn, image, name)
                 conn.close()
                 guest.forget_connections()
                 # Let the guest's sshd for that login exit and the guest go idle before
@@ -517,6 +519,28 @@ class Hypervisor:
             state_bytes=size,
         )
         return snapshot
+
+    def _prepare_template(self, conn: GuestConnection, image: ImageInfo, name: str) -> None:
+        """What every copy would otherwise do after its restore (copyprep): a failure only
+        costs the copies time, so it is logged and the snapshot is still made."""
+        output = bytearray()
+        t0 = time.monotonic()
+        status = conn.run(
+            template_prep_command(image.login_user),
+            pty=False,
+            on_output=output.extend,
+            timeout=TEMPLATE_PREP_TIMEOUT_S,
+            cancel=self._closing,
+        )
+        said = bytes(output[-2000:]).decode(errors="replace").strip()
+        if status != 0:
+            self._log.warning(
+                "guest.template_prep_incomplete", domain=name, status=status, output=said
+            )
+        else:
+            self._log.info(
+                "guest.template_prepared", domain=name, seconds=round(time.monotonic() - t0, 3)
+            )
 
     # --- teardown -----------------------------------------------------------------------
 

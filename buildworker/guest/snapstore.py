@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from buildworker.guest.copyprep import prep_digest
 from buildworker.guest.images import ImageInfo
 
 __all__ = [
@@ -110,6 +111,7 @@ def shape_of(
         ("accel", accel),
         ("qemu", qemu_version),
         ("cmdline", cmdline),
+        ("copy_prep", prep_digest()),
     )
     return Shape(image=image.name, arch=image.arch, inputs=inputs)
 

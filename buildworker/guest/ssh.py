@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import secrets
 import shlex
 import socket
 import threading
@@ -32,6 +33,7 @@ from buildworker.guest.errors import (
     HostKeyMismatch,
     SettleTimeout,
 )
+from buildworker.guest.primed import eligible_exec, eligible_pty, exec_header, launchers
 from buildworker.guest.settle import BANNER_PREFIX, probe_delays
 
 __all__ = [
@@ -190,10 +192,15 @@ def wait_for_banner(
     raise SettleTimeout(f"guest SSH on {host}:{port} did not answer ({probes} probes)")
 
 
-def _feed(chan: paramiko.Channel, data: bytes) -> None:
-    """Send ``data`` to a command's stdin, then end of file (a thread of `run`). A channel
-    that closes first (the command ended, the build stopped) ends it quietly: `run` says
-    what happened."""
+def _alive(chan: paramiko.Channel) -> bool:
+    """A primed launcher still waiting: open, and its shell has not exited."""
+    return not chan.closed and not chan.exit_status_ready()
+
+
+def _feed(chan: paramiko.Channel, data: bytes, eof: bool = True) -> None:
+    """Send ``data`` to a command's stdin, then end of file unless not ``eof`` (a thread of
+    `run`). A channel that closes first (the command ended, the build stopped) ends it
+    quietly: `run` says what happened."""
     view = memoryview(data)
     sent = 0
     try:
@@ -204,7 +211,8 @@ def _feed(chan: paramiko.Channel, data: bytes) -> None:
                 sent += chan.send(view[sent : sent + CHUNK].tobytes())
             except TimeoutError:  # the channel's POLL_S timeout: its window is full
                 continue
-        chan.shutdown_write()
+        if eof:
+            chan.shutdown_write()
     except (OSError, EOFError, paramiko.SSHException):
         return
 
@@ -219,6 +227,12 @@ class GuestConnection:
     def __init__(self, transport: paramiko.Transport, *, description: str = "guest"):
         self._transport = transport
         self._description = description
+        self._primed_lock = threading.Lock()
+        self._priming: threading.Thread | None = None
+        self._exec_slot: paramiko.Channel | None = None
+        self._pty_slot: tuple[paramiko.Channel, paramiko.Channel] | None = None
+        #: Commands that ran on a primed launcher (diagnostics and tests).
+        self.primed_runs = 0
 
     @classmethod
     def open(
@@ -268,6 +282,74 @@ class GuestConnection:
             raise GuestError(f"{self._description}: the SSH connection is closed")
         return self._transport.open_session(timeout=30.0)
 
+    # --- primed channels (primed.py) ---------------------------------------------------
+
+    def prime_soon(self) -> None:
+        """Open the primed launchers in the background; the next ``run`` of each kind waits
+        for them (a command started meanwhile would only compete with them for the guest)."""
+        with self._primed_lock:
+            if self._priming is not None:
+                return
+            self._priming = threading.Thread(target=self._prime, name="guest-prime", daemon=True)
+            self._priming.start()
+
+    def _prime(self) -> None:
+        fifo = f"/tmp/.buildworker-run-{secrets.token_hex(8)}"
+        make, exec_launcher, pty_launcher, trigger = launchers(fifo)
+        opened: list[paramiko.Channel] = []
+        try:
+            with map_paramiko_errors(f"{self._description}: priming"):
+                if self.run(make, pty=False, timeout=30.0, primed=False) != 0:
+                    raise GuestError(f"{self._description}: mkfifo {fifo} failed")
+                ex = self._session()
+                opened.append(ex)
+                ex.set_combine_stderr(True)
+                ex.exec_command(exec_launcher)
+                trig = self._session()
+                opened.append(trig)
+                trig.set_combine_stderr(True)
+                trig.exec_command(trigger)
+                tty = self._session()
+                opened.append(tty)
+                tty.get_pty(term="xterm", width=160, height=48)
+                tty.exec_command(pty_launcher)
+        except (GuestError, CommandTimeout) as exc:
+            # Commands then take fresh channels, as without priming: slower, not wrong.
+            log.info("guest.prime_failed", guest=self._description, error=str(exc))
+            for chan in opened:
+                chan.close()
+            return
+        with self._primed_lock:
+            self._exec_slot = ex
+            self._pty_slot = (tty, trig)
+
+    def _take_slot(
+        self, command: str, pty: bool
+    ) -> tuple[paramiko.Channel, paramiko.Channel | None] | None:
+        """The primed launcher for this command, if one is ready and it fits; else None."""
+        priming = self._priming
+        if priming is None:
+            return None
+        if priming is not threading.current_thread():
+            priming.join(timeout=30.0)
+        with self._primed_lock:
+            if pty and self._pty_slot is not None and eligible_pty(command):
+                tty, trig = self._pty_slot
+                self._pty_slot = None
+                if _alive(tty) and _alive(trig):
+                    self.primed_runs += 1
+                    return tty, trig
+                tty.close()
+                trig.close()
+            elif not pty and self._exec_slot is not None and eligible_exec(command):
+                ex = self._exec_slot
+                self._exec_slot = None
+                if _alive(ex):
+                    self.primed_runs += 1
+                    return ex, None
+                ex.close()
+        return None
+
     def run(
         self,
         command: str,
@@ -277,6 +359,7 @@ class GuestConnection:
         timeout: float | None = None,
         cancel: StopSignal | None = None,
         stdin: bytes | None = None,
+        primed: bool = True,
     ) -> int:
         """Run ``command`` in the login shell; stream output chunks to ``on_output`` as they
         arrive (stdout and stderr together); return the exit status (-1: killed by a signal).
@@ -287,22 +370,42 @@ class GuestConnection:
 
         Raises CommandTimeout after ``timeout`` seconds, CommandCancelled when ``cancel`` is
         set (either way the channel is closed, which hangs up the command in the guest),
-        GuestError when the connection fails.
+        GuestError when the connection fails. ``primed=False``: never a primed launcher
+        (a command that must not wait for them).
         """
         if stdin is not None and pty:
             raise ValueError("stdin needs pty=False (a terminal would echo it)")
         deadline = None if timeout is None else time.monotonic() + timeout
         with map_paramiko_errors(f"{self._description}: run"):
-            chan = self._session()
+            slot = self._take_slot(command, pty) if primed else None
+            trigger: paramiko.Channel | None = None
             feeder: threading.Thread | None = None
+            if slot is None:
+                chan = self._session()
+            else:
+                chan, trigger = slot
             try:
-                if pty:
-                    chan.get_pty(term="xterm", width=160, height=48)
-                else:
-                    chan.set_combine_stderr(True)
+                if slot is None:
+                    if pty:
+                        chan.get_pty(term="xterm", width=160, height=48)
+                    else:
+                        chan.set_combine_stderr(True)
+                    chan.exec_command(command)
                 chan.settimeout(POLL_S)
-                chan.exec_command(command)
-                if stdin is not None:
+                if trigger is not None:
+                    trigger.sendall(command.encode() + b"\n")
+                    trigger.shutdown_write()
+                if slot is not None and not pty:
+                    # The launcher reads the script first; stdin, if any, follows it.
+                    data = exec_header(command) + (stdin or b"")
+                    feeder = threading.Thread(
+                        target=_feed,
+                        args=(chan, data, stdin is not None),
+                        name="guest-stdin",
+                        daemon=True,
+                    )
+                    feeder.start()
+                elif stdin is not None:
                     feeder = threading.Thread(
                         target=_feed, args=(chan, stdin), name="guest-stdin", daemon=True
                     )
@@ -335,6 +438,8 @@ class GuestConnection:
                 return int(chan.recv_exit_status())
             finally:
                 chan.close()
+                if trigger is not None:
+                    trigger.close()
                 if feeder is not None:
                     feeder.join(timeout=5.0)
 
@@ -447,8 +552,13 @@ def connect_guest(
     host: str = "127.0.0.1",
     cancel: StopSignal | None = None,
     description: str = "guest",
+    probe: bool = True,
 ) -> GuestConnection:
     """Settle: wait until the guest's SSH answers a command, and return that connection.
+
+    ``probe=False`` returns once logged in, without running ``true``: for a restored copy,
+    whose sshd was up before the snapshot, and whose first command (vm.Guest's own-machine
+    step) answers the same question.
 
     Raises SettleTimeout after ``timeout`` seconds, HostKeyMismatch, CommandCancelled.
     """
@@ -475,6 +585,9 @@ def connect_guest(
                 raise SettleTimeout(f"{description}: SSH did not settle: {exc}") from exc
             time.sleep(0.1)
             continue
+        if not probe:
+            bound.info("guest.ssh_ready", seconds=round(time.monotonic() - start, 3), probes=probes)
+            return conn
         try:
             status = conn.run("true", pty=False, timeout=max(1.0, deadline - time.monotonic()))
         except (GuestError, CommandTimeout) as exc:

@@ -16,11 +16,16 @@ import libvirt
 import paramiko
 import structlog
 
-from buildworker.guest.errors import CommandCancelled, GuestError, SettleTimeout
+from buildworker.guest.copyprep import (
+    OWN_MACHINE_TIMEOUT_S,
+    own_machine_command,
+    own_machine_sudo,
+)
+from buildworker.guest.errors import CommandCancelled, CommandTimeout, GuestError, SettleTimeout
 from buildworker.guest.images import ImageInfo
 from buildworker.guest.ssh import AnyStop, GuestConnection, StopSignal, connect_guest
 
-__all__ = ["CONSOLE_GATE_S", "CONSOLE_NAME", "Guest", "own_machine_command"]
+__all__ = ["CONSOLE_GATE_S", "CONSOLE_NAME", "Guest"]
 
 CONSOLE_NAME = "console.log"
 #: Longest wait for the image's console_ready line before probing SSH regardless.
@@ -28,21 +33,6 @@ CONSOLE_GATE_S = 30.0
 CONSOLE_POLL_S = 0.05
 
 _log = structlog.get_logger()
-
-
-def own_machine_command(now: float) -> str:
-    """One command that makes a restored copy its own machine.
-
-    The copy woke up with the clock of the moment its snapshot was saved, and with the boot
-    id every other copy has (journald, systemd and build tools key caches on it); the new
-    VM generation id already made its kernel reseed the RNG. A bind mount is the only way
-    to give a running kernel another boot id."""
-    script = (
-        f"date -u -s @{now:.6f} >/dev/null"
-        " && cat /proc/sys/kernel/random/uuid > /run/buildworker-boot-id"
-        " && mount --bind /run/buildworker-boot-id /proc/sys/kernel/random/boot_id"
-    )
-    return f"sudo -n sh -c '{script}'"
 
 
 class Guest:
@@ -111,6 +101,7 @@ class Guest:
                 timeout=max(1.0, deadline - time.monotonic()),
                 cancel=stop,
                 description=self.domain_name,
+                probe=not self.restored,
             )
         except SettleTimeout as exc:
             raise SettleTimeout(f"{exc}; console: {self.console_tail()!r}") from exc
@@ -120,13 +111,36 @@ class Guest:
                 raise CommandCancelled(f"{self.domain_name}: stopped while settling")
             self._connections.append(conn)
         if self.restored:
-            status = conn.run(own_machine_command(time.time()), pty=False)
+            # The launchers start beside the own-machine step (the guest has two vCPUs):
+            # setup and the first task then start without their sshd session and shell.
+            conn.prime_soon()
+            self._own_machine(conn)
+        self._log.info("guest.ready", seconds=round(time.monotonic() - self.started, 3))
+        return conn
+
+    def _own_machine(self, conn: GuestConnection) -> None:
+        """Set the copy's clock and boot id: through the template's armed helper, else (no
+        helper, or it failed) through sudo, with the time of then."""
+        t0 = time.monotonic()
+        try:
+            fast = conn.run(
+                own_machine_command(time.time()),
+                pty=False,
+                timeout=OWN_MACHINE_TIMEOUT_S,
+                primed=False,
+            )
+        except CommandTimeout:
+            fast = -1
+        if fast == 0:
+            way = "helper"
+        else:
+            status = conn.run(own_machine_sudo(time.time()), pty=False, primed=False)
             if status != 0:
                 raise GuestError(
                     f"{self.domain_name}: setting the clock and boot id failed ({status})"
                 )
-        self._log.info("guest.ready", seconds=round(time.monotonic() - self.started, 3))
-        return conn
+            way = "sudo"
+        self._log.debug("guest.own_machine", way=way, seconds=round(time.monotonic() - t0, 3))
 
     def _await_console(self, marker: bytes, deadline: float, stop: StopSignal) -> None:
         """Wait until the serial console shows ``marker`` (the guest's network is up), at

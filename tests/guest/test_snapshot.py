@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from buildworker.guest.copyprep import own_machine_command, own_machine_sudo
 from buildworker.guest.hypervisor import Hypervisor
 from buildworker.guest.images import ImageInfo
 from buildworker.guest.snapstore import SnapshotStore
@@ -55,6 +56,18 @@ def test_two_copies_of_one_snapshot_run_at_once_as_their_own_machines(
         assert first.ssh_port != second.ssh_port
         a = first.wait_ready(120)
         b = second.wait_ready(120)
+        # The template's preparation (copyprep) holds in each copy: sshd listens by itself
+        # (not socket-activated), the armed own-machine helper did its work and is gone.
+        units = "buildworker-copy-sshd buildworker-ssh.socket buildworker-own-machine"
+        for conn in (a, b):
+            state = output(conn, f"sudo systemctl is-active {units} || true")
+            assert state.split() == ["active", "inactive", "inactive"], state
+        # That first command ran on the primed launcher (no sshd session or shell start-up
+        # on the critical path); a task-like command takes the primed PTY and has a terminal.
+        assert (a.primed_runs, b.primed_runs) == (1, 1)
+        tty: list[bytes] = []
+        assert a.run("/usr/bin/tty", pty=True, on_output=tty.append) == 0
+        assert b"/dev/pts/" in b"".join(tty) and a.primed_runs == 2
         # Their clocks were set to the host's, not left at when the snapshot was saved.
         for conn in (a, b):
             assert abs(clock_offset(conn)) < 2.0
@@ -124,6 +137,15 @@ def test_warm_start_off_boots_cold_and_says_so(vm_work_dir: Path, bookworm: Imag
         try:
             assert (guest.start_path, guest.restored) == ("cold", False)
             assert guest.start_note == "cold boot ([vm] warm-start = no)"
+            # A cold guest has no armed helper: its own-machine command says so at once
+            # (the caller then uses sudo), and the sudo way works.
+            conn = guest.wait_ready(180)
+            started = time.monotonic()
+            assert conn.run(own_machine_command(time.time()), pty=False, timeout=5) != 0
+            assert time.monotonic() - started < 5
+            assert conn.run(own_machine_sudo(time.time()), pty=False) == 0
+            assert abs(clock_offset(conn)) < 2.0
+            assert conn.primed_runs == 0, "only restored copies prime their channels"
         finally:
             guest.destroy()
         assert not hv.making_snapshots()
