@@ -187,6 +187,10 @@ class ApiConfig:
         default=(),
         metadata=opt("list", "images accepted at submit besides those workers register"),
     )
+    image_aliases: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("list", "alias=release entries resolved at submit, over workers' symlinks"),
+    )
     results_per_page: int = field(default=50, metadata=opt("int", "page size of list endpoints"))
     job_timeout: float = field(
         default=45 * 60.0,
