@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from buildworker.api.errors import ApiError
+from buildworker.config import image_alias_table
 from buildworker.db.models import Worker
 
 __all__ = [
@@ -79,15 +80,12 @@ def served_images(session: Session, config_images: tuple[str, ...]) -> dict[str,
 
 
 def parse_aliases(entries: tuple[str, ...]) -> dict[str, str]:
-    """``[api] image-aliases`` entries (``alias=release``) as a table. Raises ValueError
-    naming the bad entry (the config loader reports it under its key)."""
-    table: dict[str, str] = {}
-    for entry in entries:
-        alias, sep, release = (part.strip() for part in entry.partition("="))
-        if not sep or not alias or not release or alias == release:
-            raise ValueError(f"image-aliases: {entry!r}: expected alias=release")
-        table[alias] = release
-    return table
+    """``[api] image-aliases`` as a table (checked when the config loads; a Config built in
+    code is checked here). Raises ValueError naming the entry."""
+    try:
+        return image_alias_table(entries)
+    except ValueError as exc:
+        raise ValueError(f"image-aliases: {exc}") from None
 
 
 def _worker_aliases(worker_images: list[list[Any]]) -> dict[str, str]:
