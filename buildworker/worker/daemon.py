@@ -55,6 +55,8 @@ __all__ = ["Daemon", "routes_of"]
 HEARTBEAT_S = 1.0
 #: Cancel reasons that end in ``release`` (the job requeues) instead of ``finish``.
 RELEASE_REASONS = ("drain",)
+#: Seconds the report of a job's image may take, retries included (it delays the boot).
+REPORT_IMAGE_BUDGET_S = 5.0
 
 
 def routes_of(served: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -359,8 +361,15 @@ class Daemon:
                 return
 
             def report_image(image: Any) -> None:
+                # Before the boot, so on the job's way: a short budget (the record then
+                # lacks the digest, the setup log still has it; the runner logs why).
                 self._api.report_image(
-                    job_id, attempt, image.name, image.arch, getattr(image, "digest", None)
+                    job_id,
+                    attempt,
+                    image.name,
+                    image.arch,
+                    getattr(image, "digest", None),
+                    budget_s=REPORT_IMAGE_BUDGET_S,
                 )
 
             result = self._runner.run(
