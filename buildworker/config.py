@@ -99,6 +99,24 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in re.split(r"[,\n]", text) if item.strip())
 
 
+def image_alias_table(entries: tuple[str, ...]) -> dict[str, str]:
+    """``[api] image-aliases`` entries (``alias=release``) as a table. Raises ValueError
+    naming the bad entry."""
+    table: dict[str, str] = {}
+    for entry in entries:
+        alias, sep, release = (part.strip() for part in entry.partition("="))
+        if not sep or not alias or not release or alias == release:
+            raise ValueError(f"{entry!r}: expected alias=release (debian/stable=debian/bookworm)")
+        table[alias] = release
+    return table
+
+
+def parse_image_aliases(text: str) -> tuple[str, ...]:
+    entries = parse_list(text)
+    image_alias_table(entries)  # refused at load, naming the key, not at the first submit
+    return entries
+
+
 def parse_hostport(text: str) -> str:
     value = text.strip()
     host, sep, port = value.rpartition(":")
@@ -132,6 +150,7 @@ _KINDS: dict[str, Any] = {
     "duration": parse_duration,
     "size": parse_size,
     "list": parse_list,
+    "aliases": parse_image_aliases,
     "hostport": parse_hostport,
     "url": parse_url,
     "logformat": parse_log_format,
@@ -186,6 +205,10 @@ class ApiConfig:
     images: tuple[str, ...] = field(
         default=(),
         metadata=opt("list", "images accepted at submit besides those workers register"),
+    )
+    image_aliases: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("aliases", "alias=release entries resolved at submit, over workers' symlinks"),
     )
     results_per_page: int = field(default=50, metadata=opt("int", "page size of list endpoints"))
     job_timeout: float = field(

@@ -26,6 +26,7 @@ __all__ = [
     "ClaimedSecret",
     "FinishBody",
     "HeartbeatAnswer",
+    "ImageBody",
     "LogAnswer",
     "RegisterBody",
     "ReleaseBody",
@@ -52,6 +53,8 @@ class ServedImage(_Body):
     image: str = Field(min_length=1, max_length=128)
     arches: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(max_length=64)
     default_arch: str | None = Field(default=None, max_length=64)
+    #: the real release an alias (a symlink) points to; the API resolves aliases with it
+    release: str | None = Field(default=None, max_length=128)
 
 
 class RegisterBody(_Body):
@@ -76,6 +79,16 @@ class FinishBody(AttemptBody):
     status: FinishedStatus
     reason: str | None = Field(default=None, max_length=4096)
     infrastructure: bool = False
+
+
+class ImageBody(AttemptBody):
+    """Which image the worker booted for the job (reported once it resolved it)."""
+
+    #: the image's canonical name (the release directory, e.g. debian/bookworm)
+    release: str = Field(min_length=1, max_length=128)
+    arch: str = Field(min_length=1, max_length=64)
+    #: the content digest recorded in its config.yml; None: the image has none recorded
+    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
 
 
 class ReleaseBody(AttemptBody):
@@ -110,6 +123,9 @@ class ClaimAnswer(_Body):
     owner_canonical_name: str = ""
     owner_email: str | None = None
     image: str
+    #: the release the image name resolved to at submit (what to boot); None from an API
+    #: older than the resolution, whose worker resolves ``image`` itself
+    image_release: str | None = None
     arch: str | None = None
     note: str | None = None
     tags: list[str] = Field(default_factory=list)

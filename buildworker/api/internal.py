@@ -49,6 +49,7 @@ from buildworker.contract import (
     ClaimedSecret,
     FinishBody,
     HeartbeatAnswer,
+    ImageBody,
     LogAnswer,
     RegisterBody,
     ReleaseBody,
@@ -157,14 +158,16 @@ def _require_running(job: Job, attempt: int) -> None:
 
 @router.post("/workers")
 def register_worker(body: RegisterBody, session: SessionDep) -> dict[str, Any]:
-    images = [
-        {
+    images: list[dict[str, Any]] = []
+    for entry in body.images:
+        item: dict[str, Any] = {
             "image": entry.image,
             "arches": entry.arches,
             "default_arch": entry.default_arch or (entry.arches[0] if entry.arches else None),
         }
-        for entry in body.images
-    ]
+        if entry.release is not None:  # an older worker sends none: no alias known
+            item["release"] = entry.release
+        images.append(item)
     for _ in range(2):  # two workers registering the same new name race on the INSERT
         worker = session.get(Worker, body.name)
         if worker is None:
@@ -301,6 +304,7 @@ def claim(request: Request, job_id: int, body: ClaimBody, session: SessionDep) -
         owner_canonical_name=job.owner.canonical_name,
         owner_email=job.owner.email,
         image=job.image,
+        image_release=job.image_release,
         arch=job.arch,
         note=job.note,
         tags=list(job.tags or []),
@@ -363,6 +367,28 @@ def heartbeat(
     session.commit()
     session.refresh(job)
     return HeartbeatAnswer(cancelled=bool(job.cancel_requested))
+
+
+@router.post("/jobs/{job_id}/image")
+def report_image(job_id: int, body: ImageBody, session: SessionDep) -> dict[str, Any]:
+    """The image the worker booted: its release and digest go into the job record."""
+    job = _job(session, job_id)
+    recorded = update_job_while(
+        session,
+        job_id,
+        status=JobStatus.RUNNING,
+        attempt=body.attempt,
+        image_release=body.release,
+        image_digest=body.digest,
+        updated=Job.updated,  # `updated` marks status changes (see heartbeat); not one
+    )
+    if not recorded:
+        session.rollback()
+        session.refresh(job)
+        raise _lease_lost(job, body.attempt)
+    session.commit()
+    _log.info("job.image", job_id=job_id, release=body.release, digest=body.digest)
+    return {}
 
 
 def _task(session: Session, job: Job, name: str) -> Task:

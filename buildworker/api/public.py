@@ -221,10 +221,18 @@ def submit_job(
             errors.items.extend({"field": e.field, "reason": e.reason} for e in exc.errors)
     errors.raise_if_any()
     assert manifest is not None and text is not None
-    arch = errors.run(check_image, session, config.api.images, manifest.image, manifest.arch)
+    placement = errors.run(
+        check_image,
+        session,
+        config.api.images,
+        manifest.image,
+        manifest.arch,
+        config.api.image_aliases,
+    )
     if with_secrets:
         errors.run(_secret_refs, session, user.id, manifest.secrets)
     errors.raise_if_any()
+    assert placement is not None  # raise_if_any raised otherwise
 
     job = Job(
         owner_id=user.id,
@@ -232,7 +240,8 @@ def submit_job(
         note=note,
         tags=tags,
         image=manifest.image,
-        arch=arch,
+        image_release=placement.release,
+        arch=placement.arch,
         status=JobStatus.PENDING.value,
         secrets=bool(with_secrets),
         secret_refs=list(manifest.secrets),

@@ -174,11 +174,14 @@ class OutboxPublisher(ServiceThread):
                         )
                         done.append(row)
                         continue
-                    message = JobMessage(job.id, row.attempt, job.image, job.arch)
-                    self._declare_route(channel, job.image, job.arch)
+                    # Routed by the release an alias resolved to at submit: workers
+                    # consume their releases' queues (aliases' too, for older jobs).
+                    image = job.queue_image
+                    message = JobMessage(job.id, row.attempt, image, job.arch)
+                    self._declare_route(channel, image, job.arch)
                     channel.basic_publish(
                         exchange=JOBS_EXCHANGE,
-                        routing_key=routing_key(job.image, job.arch),
+                        routing_key=routing_key(image, job.arch),
                         body=message.body(),
                         properties=pika.BasicProperties(
                             content_type="application/json",

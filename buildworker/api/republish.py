@@ -36,7 +36,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import structlog
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from buildworker.backoff import BROKER_RECONNECT_START_S, compute_backoff
@@ -153,7 +153,15 @@ class RepublishMonitor(ServiceThread):
     def _queued_published(self) -> dict[Route, list[Published]]:
         with self._sessionmaker() as session:
             rows = session.execute(
-                select(Job.id, Job.attempt, Job.image, Job.arch, Outbox.id, Outbox.published_at)
+                select(
+                    Job.id,
+                    Job.attempt,
+                    # the queue the publisher sent it to (Job.queue_image, in SQL)
+                    func.coalesce(Job.image_release, Job.image),
+                    Job.arch,
+                    Outbox.id,
+                    Outbox.published_at,
+                )
                 .join(Outbox, and_(Outbox.job_id == Job.id, Outbox.attempt == Job.attempt))
                 .where(Job.status == JobStatus.QUEUED, Outbox.published_at.is_not(None))
             ).all()

@@ -45,6 +45,10 @@ def job_dict(job: Job, origin: str, *, at_submit: bool = False) -> dict[str, Any
             "updated": format_time(job.updated),
             "image": job.image,
             "arch": job.arch,
+            # ours, beside builds.sr.ht's fields: which image the job ran on (the release
+            # an alias meant at submit, then the worker's report) and its content digest
+            "image_release": job.image_release,
+            "image_digest": job.image_digest,
         }
     )
     return out

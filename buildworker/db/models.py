@@ -168,8 +168,15 @@ class Job(Base):
     #: the tags joined with "/" (as builds.sr.ht stores them), kept in step with `tags` by
     #: `_join_tags`, so tag pages and searches can match prefixes and substrings in SQL
     tag_string: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
+    #: the image as the manifest names it (an alias such as debian/stable stays one here)
     image: Mapped[str] = mapped_column(String(128), nullable=False)
     arch: Mapped[str] = mapped_column(String(64), nullable=False)
+    #: the release the image name meant at submit (debian/stable → debian/bookworm), then
+    #: the one the worker booted; the job is routed by it. None for jobs from before 0007.
+    image_release: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: the booted image's content digest (``sha256:...``, docs/images.md), reported by the
+    #: worker; None until it booted, or when the image has none recorded
+    image_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
     status: Mapped[str] = mapped_column(
         String(16), nullable=False, default=JobStatus.PENDING.value, index=True
     )
@@ -202,6 +209,12 @@ class Job(Base):
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", order_by="Artifact.id", cascade="all, delete-orphan"
     )
+
+    @property
+    def queue_image(self) -> str:
+        """The image name the job's queue is keyed on: the resolved release, else (a job
+        from before 0007) the name as submitted."""
+        return self.image_release or self.image
 
     @validates("tags")
     def _join_tags(self, _key: str, tags: list[str] | None) -> list[str]:

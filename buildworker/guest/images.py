@@ -9,7 +9,9 @@ config.yml keys and defaults (spec §6.3, plus ours): ``homedir: /home/build``, 
 (none: the default preamble), ``logincmd: ssh``, ``git_variant: git``, ``login_user: build``,
 ``family`` (default: the distro directory name), ``default_arch`` (default: the only arch, or
 amd64/x86_64), ``host_key_fingerprints: {arch: "SHA256:..."}`` (or ``host_key_fingerprint``),
-``cmdline`` (kernel command line override).
+``cmdline`` (kernel command line override), ``digest: {arch: "sha256:..."}`` (the image's
+content digest, buildworker/guest/imagedigest.py; written by ``buildworker image digest
+--write``). docs/images.md is the contract, with types; ``KEY_TYPES`` below is its check.
 """
 
 from __future__ import annotations
@@ -24,29 +26,41 @@ from typing import Any
 import yaml
 
 from buildworker.guest.errors import ImageConfigError, UnknownImage, UnsupportedOperation
+from buildworker.guest.imagedigest import DIGEST_PATTERN
 
-__all__ = ["DISK_NAME", "ImageCatalogue", "ImageInfo", "validate_image_name"]
+__all__ = [
+    "DISK_NAME",
+    "KEY_TYPES",
+    "ImageCatalogue",
+    "ImageInfo",
+    "validate_image_name",
+]
 
 DISK_NAME = "root.img.qcow2"
 _IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]*(/[a-z0-9][a-z0-9._+-]*)?$")
 _ARCH_NAME = re.compile(r"^[a-z0-9_]+$")
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PREFERRED_ARCHES = ("amd64", "x86_64")
-_KNOWN_KEYS = {
-    "family",
-    "release",
-    "default_arch",
-    "homedir",
-    "login_user",
-    "logincmd",
-    "git_variant",
-    "preamble",
-    "host_key_fingerprint",
-    "host_key_fingerprints",
-    "cmdline",
-    "kernel_version",
-    "console_ready",
+#: Every config.yml key and its type ("str", or "map" for arch → string); others are kept in
+#: ImageInfo.extra (a newer genimg may write keys an older worker does not know) and
+#: reported by `buildworker image check`.
+KEY_TYPES: dict[str, str] = {
+    "family": "str",
+    "release": "str",
+    "default_arch": "str",
+    "homedir": "str",
+    "login_user": "str",
+    "logincmd": "str",
+    "git_variant": "str",
+    "preamble": "str",
+    "host_key_fingerprint": "str",
+    "host_key_fingerprints": "map",
+    "cmdline": "str",
+    "kernel_version": "str",
+    "console_ready": "str",
+    "digest": "map",
 }
+_KNOWN_KEYS = set(KEY_TYPES)
 
 
 def validate_image_name(image: str) -> None:
@@ -75,6 +89,9 @@ class ImageInfo:
     console_ready: str | None = None
     #: the name as the manifest gave it, when it was an alias (``debian/stable``)
     requested_name: str = ""
+    #: the content digest recorded in config.yml for this arch (``sha256:...``); None when
+    #: the image was built without one (say "digest: not recorded", never compute it here)
+    digest: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def install_command(self, packages: Sequence[str]) -> str:
@@ -169,25 +186,22 @@ def _load_config(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ImageConfigError(f"{path}: expected a mapping of settings")
-    for key in (
-        "homedir",
-        "preamble",
-        "family",
-        "login_user",
-        "logincmd",
-        "git_variant",
-        "default_arch",
-        "cmdline",
-        "host_key_fingerprint",
-        "console_ready",
-    ):
-        if key in data and data[key] is not None and not isinstance(data[key], str):
+    for key, kind in KEY_TYPES.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if kind == "str" and not isinstance(value, str):
             raise ImageConfigError(f"{path}: {key}: expected a string")
-    fps = data.get("host_key_fingerprints")
-    if fps is not None and not (
-        isinstance(fps, dict) and all(isinstance(v, str) for v in fps.values())
-    ):
-        raise ImageConfigError(f"{path}: host_key_fingerprints: expected arch: fingerprint")
+        if kind == "map" and not (
+            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        ):
+            raise ImageConfigError(f"{path}: {key}: expected a mapping of arch: string")
+    digests = data.get("digest") or {}
+    for arch, value in digests.items():
+        if not DIGEST_PATTERN.match(value):
+            raise ImageConfigError(
+                f"{path}: digest.{arch}: expected sha256:<64 hex digits>, got {value!r}"
+            )
     homedir = data.get("homedir")
     if homedir is not None and not homedir.startswith("/"):
         raise ImageConfigError(f"{path}: homedir: expected an absolute path")
@@ -252,9 +266,28 @@ class ImageCatalogue:
                     "image": name,
                     "arches": arches,
                     "default_arch": self._default_arch(config, arches),
+                    # what an alias's symlink points to (itself for a release): the API
+                    # resolves aliases at submit with it
+                    "release": self._canonical(name),
                 }
             )
         return served
+
+    def _canonical(self, name: str) -> str:
+        """The release directory ``name`` is (through symlinks), relative to the root;
+        ``name`` itself when it leads outside the root (resolve refuses those)."""
+        try:
+            return (self.root / name).resolve().relative_to(self.root.resolve()).as_posix()
+        except (OSError, ValueError):
+            return name
+
+    def aliases(self) -> dict[str, str]:
+        """alias → release, for every built image reached through a symlink."""
+        table = {}
+        for entry in self.served():
+            if entry["release"] != entry["image"]:
+                table[entry["image"]] = entry["release"]
+        return table
 
     # --- resolution --------------------------------------------------------------------
 
@@ -317,5 +350,6 @@ class ImageCatalogue:
             cmdline=config.get("cmdline"),
             console_ready=config.get("console_ready"),
             requested_name=image,
+            digest=(config.get("digest") or {}).get(chosen),
             extra={k: config[k] for k in unknown},
         )

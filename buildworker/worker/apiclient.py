@@ -24,6 +24,7 @@ from buildworker.contract import (
     ClaimAnswer,
     ClaimBody,
     HeartbeatAnswer,
+    ImageBody,
     LogAnswer,
 )
 from buildworker.worker.errors import InfraError
@@ -213,6 +214,26 @@ class InternalApi:
             endpoint="heartbeat",
         )
         return _answer(HeartbeatAnswer, response, f"heartbeat of job {job_id}").cancelled
+
+    def report_image(
+        self,
+        job_id: int,
+        attempt: int,
+        release: str,
+        arch: str,
+        digest: str | None,
+        *,
+        budget_s: float | None = None,
+    ) -> None:
+        """Tell the API which image the job booted (its record shows it)."""
+        body = ImageBody(attempt=attempt, release=release, arch=arch, digest=digest)
+        self._request(
+            "POST",
+            f"/jobs/{job_id}/image",
+            json=body.model_dump(),
+            budget_s=budget_s,
+            endpoint="image",
+        )
 
     def task_status(self, job_id: int, attempt: int, name: str, status: str) -> None:
         self._request(

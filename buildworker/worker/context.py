@@ -90,6 +90,9 @@ class JobSpec:
     owner: str = ""
     timeout_s: float = 45 * 60.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: the release to boot, as the API resolved the manifest's image at submit (an alias
+    #: such as debian/stable → debian/bookworm); None: resolve the manifest's image here
+    image: str | None = None
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ __all__ = ["Daemon", "routes_of"]
 HEARTBEAT_S = 1.0
 #: Cancel reasons that end in ``release`` (the job requeues) instead of ``finish``.
 RELEASE_REASONS = ("drain",)
+#: Seconds the report of a job's image may take, retries included (it delays the boot).
+REPORT_IMAGE_BUDGET_S = 5.0
 
 
 def routes_of(served: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -357,7 +359,22 @@ class Daemon:
                 self._api.append_log(job_id, attempt, SETUP_LOG, 0, f"Error: {exc}\n".encode())
                 self._api.finish(job_id, attempt, "failed", str(exc), False)
                 return
-            result = self._runner.run(spec, reporter, cancel, log=log, access=access)
+
+            def report_image(image: Any) -> None:
+                # Before the boot, so on the job's way: a short budget (the record then
+                # lacks the digest, the setup log still has it; the runner logs why).
+                self._api.report_image(
+                    job_id,
+                    attempt,
+                    image.name,
+                    image.arch,
+                    getattr(image, "digest", None),
+                    budget_s=REPORT_IMAGE_BUDGET_S,
+                )
+
+            result = self._runner.run(
+                spec, reporter, cancel, log=log, access=access, on_image=report_image
+            )
             self._record(result, image, arch)
             if result.reported:  # a standby: finished before its window
                 self._count_finished(result, running)
@@ -448,7 +465,7 @@ class Daemon:
     def _labels(self, claim: ClaimAnswer) -> tuple[str, str]:
         """The (image, arch) metric labels of a claim: the image the catalogue resolves it
         to (an alias counts under its release), else what the job asked for."""
-        image, arch = claim.image or "unknown", claim.arch
+        image, arch = claim.image_release or claim.image or "unknown", claim.arch
         try:
             resolved = self._catalogue.resolve(image, arch or None)
         except Exception:  # an unknown image: the build fails in setup and says why
@@ -486,6 +503,7 @@ class Daemon:
             job_url=claim.job_url,
             owner=claim.owner,
             timeout_s=claim.timeout_seconds or self._config.worker.timeout,
+            image=claim.image_release,
         )
 
     def _heartbeat(self, running: _Running, log: Any) -> None:

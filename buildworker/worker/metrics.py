@@ -56,6 +56,7 @@ API_ENDPOINTS = (
     "finish",
     "release",
     "register",
+    "image",
 )
 
 

@@ -33,7 +33,7 @@ from buildworker.worker.interfaces import BootedGuest, Catalogue, GuestSession, 
 from buildworker.worker.logs import SETUP_LOG, LogStreamer, setup_line
 from buildworker.worker.redact import NeedleSet
 
-__all__ = ["BuildRunner", "RunnerSettings"]
+__all__ = ["BuildRunner", "RunnerSettings", "image_line"]
 
 _STOP_LINES = {
     "cancelled": "Build cancelled.",
@@ -77,6 +77,13 @@ class SshAccess:
     report_early: Callable[[BuildResult], None] | None = None
 
 
+def image_line(asked: str, name: str, arch: str, digest: str | None) -> str:
+    """The setup log's line saying which image the job runs on: the release, the name the
+    manifest asked for when it was an alias, the arch and the content digest."""
+    alias = f" (asked as {asked})" if asked != name else ""
+    return f"Image: {name}{alias}, {arch}, digest {digest or 'not recorded'}"
+
+
 class BuildRunner:
     """Runs builds on one host.
 
@@ -109,11 +116,14 @@ class BuildRunner:
         *,
         log: Any = None,
         access: SshAccess | None = None,
+        on_image: Callable[[Image], None] | None = None,
     ) -> BuildResult:
         """Run one build; never raises for anything the build or the VM did.
 
         ``log``: the logger to use (the daemon's, bound to the job); by default one bound
         to the job id, attempt and image, which every event of a build carries.
+        ``on_image``: told the image once resolved, before the boot (the daemon reports it
+        to the API for the job record); what it raises is logged, never the build's end.
         """
         cancel = cancel or CancelToken()
         if log is None:
@@ -127,7 +137,7 @@ class BuildRunner:
             if self._log_needles is not None:
                 added += self._log_needles.add(secret.data, secret.name or secret.uuid)
         try:
-            return self._run(spec, reporter, cancel, needles, log, access)
+            return self._run(spec, reporter, cancel, needles, log, access, on_image)
         finally:
             if self._log_needles is not None:
                 self._log_needles.discard(added)
@@ -140,6 +150,7 @@ class BuildRunner:
         needles: NeedleSet,
         log: structlog.typing.FilteringBoundLogger,
         access: SshAccess | None = None,
+        on_image: Callable[[Image], None] | None = None,
     ) -> BuildResult:
         """The phases of one build: boot and steps (each outcome mapped to a result once),
         the hold for SSH sessions, then teardown in ``finally`` (always), then the record."""
@@ -158,7 +169,7 @@ class BuildRunner:
 
         for name in needles.too_short:
             say(f"Warning: secret {name} is too short to be masked in logs")
-        state = _BuildState(started=time.monotonic())
+        state = _BuildState(started=time.monotonic(), on_image=on_image)
         timer = threading.Timer(spec.timeout_s, cancel.cancel, args=("timeout",))
         timer.daemon = True
         timer.start()
@@ -196,10 +207,20 @@ class BuildRunner:
         result here (the guest layer's errors were mapped to these by `BuildContext`)."""
         deadline = state.started + spec.timeout_s
         try:
+            asked = spec.manifest.image
             try:
-                image = self._catalogue.resolve(spec.manifest.image, spec.manifest.arch)
+                # The release the API resolved an alias to, when it did: the job was routed
+                # to that release's queue and its record names it.
+                image = self._catalogue.resolve(spec.image or asked, spec.manifest.arch)
             except Exception as exc:  # the catalogue's own errors: the image is unusable
                 raise SetupError(str(exc)) from exc
+            digest = getattr(image, "digest", None)
+            say(image_line(asked, image.name, image.arch, digest))
+            if state.on_image is not None:
+                try:
+                    state.on_image(image)
+                except Exception as exc:  # the record misses it; the build goes on
+                    log.warning("image_report_failed", error=str(exc))
             state.guest, state.conn, state.times = self._boot(
                 spec, image, cancel, deadline, say, log
             )
@@ -465,6 +486,7 @@ class _BuildState:
     infra_reason: str | None = None
     held: bool = False
     end_message: str | None = None
+    on_image: Callable[[Image], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,10 @@ def test_sizes(text: str, size: int) -> None:
             "[worker]\napi-url = 127.0.0.1:8080\n",
             "worker.api-url: expected a URL such as http://127.0.0.1:8080, got '127.0.0.1:8080'",
         ),
+        (
+            "[api]\nimage-aliases = debian/stable\n",
+            "api.image-aliases: 'debian/stable': expected alias=release",
+        ),
         ("[worker]\ntimeuot = 45m\n", "worker.timeuot: unknown key"),
         ("[wroker]\ntimeout = 45m\n", "wroker: unknown section"),
     ],
@@ -77,6 +81,8 @@ def test_values_are_typed() -> None:
     assert config.vm.memory == 4 * 1024**3
     assert config.vm.forwards == ("10.0.2.100:9418=127.0.0.1:19418", "10.0.2.101:80=127.0.0.1:8081")
     assert config.api == Config().api  # untouched sections keep their defaults
+    aliases = parse_config("[api]\nimage-aliases = debian/stable=debian/bookworm, a/b=a/c\n")
+    assert aliases.api.image_aliases == ("debian/stable=debian/bookworm", "a/b=a/c")
 
 
 def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:

@@ -116,8 +116,31 @@ def test_served_lists_images_and_aliases_with_arches(root: Path) -> None:
         "image": "debian/stable",
         "arches": ["amd64", "arm64"],
         "default_arch": "amd64",
+        "release": "debian/bookworm",  # what the API resolves the alias to at submit
     }
+    assert served["debian/bookworm"]["release"] == "debian/bookworm"
     assert served["archlinux"]["default_arch"] == "x86_64"
+    assert ImageCatalogue(root).aliases() == {"debian/stable": "debian/bookworm"}
+
+
+def test_the_recorded_digest_of_the_arch_is_read_and_its_absence_is_none(root: Path) -> None:
+    digest = "sha256:" + "0" * 64
+    config = root / "debian/bookworm/config.yml"
+    config.write_text(CONFIG + f'digest:\n  arm64: "{digest}"\n')
+    catalogue = ImageCatalogue(root)
+    assert catalogue.resolve("debian/stable", "arm64").digest == digest
+    assert catalogue.resolve("debian/stable", "amd64").digest is None  # not recorded
+    assert "digest" not in catalogue.resolve("debian/stable", "amd64").extra
+
+
+def test_a_malformed_digest_names_the_key(root: Path) -> None:
+    config = root / "debian/bookworm/config.yml"
+    config.write_text(CONFIG + 'digest:\n  amd64: "md5:1234"\n')
+    with pytest.raises(ImageConfigError, match=r"config.yml: digest.amd64: expected sha256:"):
+        ImageCatalogue(root).resolve("debian/bookworm", None)
+    config.write_text(CONFIG + 'digest: "sha256:00"\n')
+    with pytest.raises(ImageConfigError, match=r"config.yml: digest: expected a mapping"):
+        ImageCatalogue(root).resolve("debian/bookworm", None)
 
 
 def test_a_bad_config_names_the_file_and_key(root: Path) -> None:

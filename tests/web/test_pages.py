@@ -534,3 +534,29 @@ def test_pages_carry_security_headers(site: Site, path: str) -> None:
     r = site.client().get(path)
     assert r.headers["x-content-type-options"] == "nosniff"
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+
+
+def test_the_job_page_shows_the_release_an_alias_meant_and_the_image_digest(site: Site) -> None:
+    alice = signed_in(site, "alice")
+    # Given a worker whose debian/stable is a symlink to bookworm
+    served = [
+        {"image": "debian/bookworm", "arches": ["amd64"], "release": "debian/bookworm"},
+        {"image": "debian/stable", "arches": ["amd64"], "release": "debian/bookworm"},
+    ]
+    r = alice.post("/api/internal/workers", json={"name": "w", "images": served}, headers=WORKER)
+    assert r.status_code == 200, r.text
+    manifest = MANIFEST.replace("image: debian/bookworm", "image: debian/stable")
+    assert "image: debian/stable" in manifest
+    job_id = submit_api(alice, site.tokens["alice"], manifest)
+    # Before a worker booted it: the release, no digest
+    html = alice.get(f"/~alice/job/{job_id}").text
+    assert re.search(r'id="job-image">debian/stable \(debian/bookworm\), amd64<', html), html
+    assert "job-image-digest" not in html
+    # When the worker reports the image it booted
+    run_job(alice, job_id, end=False)
+    digest = "sha256:" + "c" * 64
+    body = {"attempt": 1, "release": "debian/bookworm", "arch": "amd64", "digest": digest}
+    r = alice.post(f"/api/internal/jobs/{job_id}/image", json=body, headers=WORKER)
+    assert r.status_code == 200, r.text
+    html = alice.get(f"/~alice/job/{job_id}").text
+    assert f'id="job-image-digest"><code>{digest}</code>' in html

@@ -63,6 +63,20 @@ def test_a_whole_attempt_reported_through_the_client(live_api: LiveApi) -> None:
         api.claim(job_id, "test-worker", 1)
 
 
+def test_the_image_a_job_booted_is_reported_into_its_record(live_api: LiveApi) -> None:
+    job_id = live_api.submit(MANIFEST)
+    api = InternalApi(live_api.url, WORKER_TOKEN)
+    claim = api.claim(job_id, "test-worker", 1)
+    assert claim.image_release == "debian/bookworm"  # resolved at submit
+    digest = "sha256:" + "e" * 64
+    api.report_image(job_id, 1, "debian/bookworm", "amd64", digest, budget_s=5)
+    job = live_api.job(job_id)
+    assert (job["image_release"], job["image_digest"]) == ("debian/bookworm", digest)
+    # A lost lease is a Conflict, raised at once
+    with pytest.raises(Conflict):
+        api.report_image(job_id, 2, "debian/bookworm", "amd64", None, budget_s=5)
+
+
 def test_a_retried_log_chunk_is_not_duplicated(live_api: LiveApi) -> None:
     job_id = live_api.submit(MANIFEST)
     api = InternalApi(live_api.url, WORKER_TOKEN)
