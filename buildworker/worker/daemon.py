@@ -360,21 +360,37 @@ class Daemon:
                 self._api.finish(job_id, attempt, "failed", str(exc), False)
                 return
 
-            def report_image(image: Any) -> None:
-                # Before the boot, so on the job's way: a short budget (the record then
-                # lacks the digest, the setup log still has it; the runner logs why).
-                self._api.report_image(
-                    job_id,
-                    attempt,
-                    image.name,
-                    image.arch,
-                    getattr(image, "digest", None),
-                    budget_s=REPORT_IMAGE_BUDGET_S,
-                )
+            reports: list[threading.Thread] = []
 
-            result = self._runner.run(
-                spec, reporter, cancel, log=log, access=access, on_image=report_image
-            )
+            def report_image(image: Any) -> None:
+                # Off the job's way (a pooled guest's first byte comes ~0.3 s after the
+                # claim), with a short budget; joined before the job ends, so the record
+                # has it when the job shows finished. A failure only costs the record its
+                # digest: the setup log has it.
+                def send() -> None:
+                    try:
+                        self._api.report_image(
+                            job_id,
+                            attempt,
+                            image.name,
+                            image.arch,
+                            getattr(image, "digest", None),
+                            budget_s=REPORT_IMAGE_BUDGET_S,
+                        )
+                    except Exception as exc:  # the edge of this thread: log, never raise
+                        log.warning("image_report_failed", error=str(exc))
+
+                thread = threading.Thread(target=send, name=f"image-{job_id}", daemon=True)
+                thread.start()
+                reports.append(thread)
+
+            try:
+                result = self._runner.run(
+                    spec, reporter, cancel, log=log, access=access, on_image=report_image
+                )
+            finally:
+                for thread in reports:
+                    thread.join(timeout=REPORT_IMAGE_BUDGET_S + 1.0)
             self._record(result, image, arch)
             if result.reported:  # a standby: finished before its window
                 self._count_finished(result, running)

@@ -11,19 +11,26 @@ operation and the request.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
 import schemathesis
-
-# Imported now, at collection, not lazily inside the run: pytest rewrites a plugin's modules
-# on first import, and CPython 3.11's compiler can fail that with "SystemError: AST
-# constructor recursion depth mismatch" when it happens while other threads run.
-import schemathesis.generation.jsonschema.strategy
 from api_helpers import MANIFEST, WORKER_TOKEN, make_account
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from starlette.testclient import TestClient
+
+# Every schemathesis module imported now, at collection, not lazily inside the run: pytest
+# rewrites a plugin's modules on first import, and CPython 3.11's compiler can fail that with
+# "SystemError: AST constructor recursion depth mismatch" when it happens while other threads
+# run (seen with schemathesis.generation.jsonschema.strategy, then with 4.32's
+# specs.openapi.stateful.dependencies.naming: which modules load lazily changes by release).
+for _module in pkgutil.walk_packages(schemathesis.__path__, "schemathesis."):
+    with contextlib.suppress(Exception):  # optional extras (e.g. the CLI's) may be missing
+        importlib.import_module(_module.name)
 
 #: Examples per operation; enough to find type and range mistakes, fast on 2 cores.
 EXAMPLES = 40
