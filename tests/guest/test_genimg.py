@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import os
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import IMAGES, SSH_KEY
+from .conftest import IMAGES, REPO, SSH_KEY
 
 GENIMG = IMAGES / "debian" / "genimg"
 
@@ -42,3 +49,46 @@ def test_bad_arguments_are_refused_naming_the_cause(args: list[str], message: st
     result = genimg(*args)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+@pytest.fixture
+def stale_mirror(tmp_path: Path) -> Iterator[str]:
+    """A loopback "mirror" whose sid Release expired, as these machines' mirror's did."""
+    dists = tmp_path / "mirror" / "dists" / "sid"
+    dists.mkdir(parents=True)
+    (dists / "InRelease").write_text(
+        "Origin: Debian\nSuite: unstable\nCodename: sid\n"
+        "Date: Fri, 30 Oct 2026 08:08:01 UTC\nValid-Until: Fri, 06 Nov 2026 08:08:01 UTC\n"
+    )
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path / "mirror"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_release_past_its_valid_until_is_refused_naming_the_date_and_the_way_out(
+    stale_mirror: str, tmp_path: Path
+) -> None:
+    # This checkout's genimg (the built images may be another checkout's), into an empty dir.
+    env = {**os.environ, "DEBIAN_MIRROR": stale_mirror}
+    env.pop("DEBIAN_ALLOW_STALE_MIRROR", None)
+    args = ["sid", "--images", str(tmp_path / "out"), "--authorized-key", f"{SSH_KEY}.pub"]
+    result = subprocess.run(
+        [str(REPO / "images" / "debian" / "genimg"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "the mirror's sid Release expired on Fri, 06 Nov 2026 08:08:01 UTC" in result.stderr
+    assert "DEBIAN_ALLOW_STALE_MIRROR=1" in result.stderr
+    assert "bootstrapping" not in result.stdout  # refused before mmdebstrap ran
+    assert not (tmp_path / "out" / "debian" / "sid" / "config.yml").exists()
