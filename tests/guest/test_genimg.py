@@ -20,8 +20,11 @@ GENIMG = IMAGES / "debian" / "genimg"
 
 
 def genimg(*args: str) -> subprocess.CompletedProcess[str]:
+    # No test leaves the host: link-aliases' mirror is a port nothing listens on (its last
+    # known table then applies; tests/guest/test_link_aliases.py runs it against a mirror).
+    env = {**os.environ, "DEBIAN_MIRROR": "http://127.0.0.1:9"}
     return subprocess.run(
-        [str(GENIMG), *args], capture_output=True, text=True, timeout=600, check=False
+        [str(GENIMG), *args], capture_output=True, text=True, timeout=600, check=False, env=env
     )
 
 
@@ -31,8 +34,15 @@ def test_a_built_image_is_reported_up_to_date_at_once(bookworm: object) -> None:
     assert result.returncode == 0, result.stderr
     assert "is up to date" in result.stdout
     assert time.monotonic() - start < 10
-    # The aliases are in place.
-    assert (IMAGES / "debian" / "stable").resolve() == (IMAGES / "debian" / "bookworm").resolve()
+    # The aliases are in place: bookworm is oldstable now (trixie stable, where built).
+    debian = IMAGES / "debian"
+    assert (debian / "oldstable").resolve() == (debian / "bookworm").resolve()
+    if (debian / "trixie" / "config.yml").exists():
+        assert (debian / "stable").resolve() == (debian / "trixie").resolve()
+    else:
+        assert not (debian / "stable").exists()
+    # And its digest is recorded, as image check verifies it.
+    assert 'digest:\n  amd64: "sha256:' in (debian / "bookworm" / "config.yml").read_text()
 
 
 @pytest.mark.parametrize(
