@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import pwd
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,6 +20,9 @@ from buildworker.exitcodes import EXIT_USAGE
 from buildworker.log import configure_logging
 from buildworker.sdnotify import Notifier, NotifyError, WatchdogPinger
 from buildworker.worker.apiclient import InternalApi
+
+if TYPE_CHECKING:
+    from buildworker.guest.images import ImageCatalogue, ImageInfo
 from buildworker.worker.control import ControlServer
 from buildworker.worker.control_access import ApiAuthorizer
 from buildworker.worker.daemon import Daemon
@@ -72,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError:  # a bad [vm] pool-sizes: said by the CLI, naming the entry
         vms.close()
         raise
+    if pool is None and config.vm.warm_start:
+        # Without a pool nothing restores ahead of the first job: check (and make) the
+        # served images' snapshots now, in the background.
+        vms.prepare_snapshots_soon(_served_images(catalogue))
     api = InternalApi(config.worker.api_url, config.worker.token)
     control = _control_server(config)
     daemon = Daemon(
@@ -139,3 +147,18 @@ def _control_server(config: Config) -> ControlServer | None:
     except OSError as exc:  # a directory we may not write: say so, keep building
         log.warning("ssh_access_off", reason=f"{config.worker.control_socket}: {exc}")
         return None
+
+
+def _served_images(catalogue: ImageCatalogue) -> list[ImageInfo]:
+    """The releases the worker serves, each at its default arch (aliases count once)."""
+    images = []
+    for entry in catalogue.served():
+        if entry.get("release", entry["image"]) != entry["image"]:
+            continue
+        try:
+            images.append(catalogue.resolve(entry["image"], entry.get("default_arch")))
+        except Exception as exc:  # an image the catalogue refuses: its jobs will say why
+            structlog.get_logger().warning(
+                "snapshot_check_skipped", image=entry["image"], error=str(exc)
+            )
+    return images

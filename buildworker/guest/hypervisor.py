@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import libvirt
@@ -436,6 +436,37 @@ class Hypervisor:
             self._makers[shape.digest] = thread
             thread.start()
         return True
+
+    def prepare_snapshots_soon(self, images: Sequence[ImageInfo]) -> threading.Thread:
+        """At worker start, in a background thread: check each image's snapshot (its SHA-256
+        sums, ~0.5 s per file under load, else paid by the first job that restores it) and
+        make the missing or broken ones, so the first job is a restore too. Returns the
+        thread (the snapshots it starts: ``wait_snapshots``)."""
+
+        def check() -> None:
+            for image in images:
+                if self._closing.is_set():
+                    return
+                # The edge of a thread: a failure here only leaves the first job to find out.
+                try:
+                    snapshot, why = self.snapshot_for(image)
+                    making = snapshot is None and self.make_snapshot_soon(image)
+                    self._log.info(
+                        "guest.snapshot_checked",
+                        image=image.name,
+                        arch=image.arch,
+                        ready=snapshot is not None,
+                        making=making,
+                        why=why or None,
+                    )
+                except Exception as exc:
+                    self._log.exception(
+                        "guest.snapshot_check_failed", image=image.name, error=str(exc)
+                    )
+
+        thread = threading.Thread(target=check, name="snapshot-check", daemon=True)
+        thread.start()
+        return thread
 
     def _make_in_background(self, image: ImageInfo) -> None:
         try:

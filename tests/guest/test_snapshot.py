@@ -151,3 +151,31 @@ def test_warm_start_off_boots_cold_and_says_so(vm_work_dir: Path, bookworm: Imag
         assert not hv.making_snapshots()
     finally:
         hv.close()
+
+
+def test_a_worker_start_makes_the_missing_snapshot_so_the_first_job_restores(
+    vm_work_dir: Path, bookworm: ImageInfo
+) -> None:
+    own_dir = VM_TEST_ROOT / f"snaps-{uuid.uuid4().hex[:8]}"
+    own_dir.mkdir(mode=0o755)
+    hv = Hypervisor(
+        make_vm_config(vm_work_dir, snapshot_dir=own_dir), worker_name=unique_worker("p")
+    )
+    try:
+        assert hv.snapshot_for(bookworm)[0] is None
+        # What `buildworker worker` does at start without a pool
+        hv.prepare_snapshots_soon([bookworm]).join(60)
+        assert hv.wait_snapshots(300)
+        snapshot, why = hv.snapshot_for(bookworm)
+        assert snapshot is not None, why
+        guest = hv.boot(bookworm, job_id=9, attempt=1)
+        try:
+            assert guest.start_path == "snapshot"
+        finally:
+            guest.destroy()
+        # Checked again (a later start): there, intact, nothing made
+        hv.prepare_snapshots_soon([bookworm]).join(60)
+        assert not hv.making_snapshots()
+    finally:
+        hv.close()
+        shutil.rmtree(own_dir, ignore_errors=True)
