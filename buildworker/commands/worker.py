@@ -9,6 +9,7 @@ ticks and the consumer runs, ``STOPPING=1`` when SIGTERM starts the drain.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pwd
 import sys
 
@@ -52,14 +53,29 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     notifier.status("starting: connecting to libvirt")
     # Imported here so `buildworker --help` works on a host without libvirt.
+    from buildworker.cache.apt import CacheError, start_apt_cache
     from buildworker.guest.hypervisor import Hypervisor
     from buildworker.guest.images import ImageCatalogue
     from buildworker.guest.pool import vm_host_for
 
-    catalogue = ImageCatalogue(config.worker.images)
-    vms = Hypervisor(config.vm, worker_name=config.worker.name)
-    reaped = vms.reap_leftovers()
     metrics = WorkerMetrics()
+    try:
+        apt_cache = start_apt_cache(
+            config.cache,
+            on_transfer=lambda t: metrics.cache_transfer(
+                "apt", t.hit, t.served_bytes, t.fetched_bytes
+            ),
+        )
+    except CacheError as exc:
+        print(f"buildworker worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    catalogue = ImageCatalogue(
+        config.worker.images, apt_proxy=apt_cache.guest_url, apt_hosts=apt_cache.hosts
+    )
+    # The cache's port is one of this worker's forwards (the egress policy opens just it).
+    vm = dataclasses.replace(config.vm, forwards=config.vm.forwards + apt_cache.forwards)
+    vms = Hypervisor(vm, worker_name=config.worker.name)
+    reaped = vms.reap_leftovers()
     try:
         pool = vm_host_for(
             config,
@@ -71,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ConfigError:  # a bad [vm] pool-sizes: said by the CLI, naming the entry
         vms.close()
+        apt_cache.close()
         raise
     api = InternalApi(config.worker.api_url, config.worker.token)
     control = _control_server(config)
@@ -115,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.close()  # its waiting guests go; running builds have already ended
         vms.close()  # withdraws this worker's forwards and allowed networks
+        apt_cache.close()
         notifier.close()
 
 
