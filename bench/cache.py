@@ -86,7 +86,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--packages", default="cmake,python3-pip")
     parser.add_argument("--image", default="debian/bookworm")
-    parser.add_argument("--images", type=Path, default=REPO / "images")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=Path(os.environ.get("BUILDWORKER_TEST_IMAGES", REPO / "images")),
+        help="images directory (default: $BUILDWORKER_TEST_IMAGES, else images/)",
+    )
     args = parser.parse_args()
     packages = [p for p in args.packages.split(",") if p]
     work = Path(tempfile.mkdtemp(prefix="bench-cache-", dir="/var/lib/buildworker"))

@@ -220,3 +220,15 @@ def test_a_good_cache_section_parses() -> None:
     config = parse_config("[cache]\napt-run = yes\napt-port = 3143\napt-max-age = 2d\n")
     assert config.cache.apt_url == "http://127.0.0.1:3143"
     assert config.cache.apt_max_age == 2 * 86400
+
+
+def test_a_run_shares_the_cache_a_worker_runs_already(
+    cacher: tuple[AptCacher, list[Transfer]],
+) -> None:
+    cache, _ = cacher
+    # Given apt-run on the port our running cache holds: a run uses it, a worker refuses
+    config = CacheConfig(apt_run=True, apt_port=cache.port)
+    shared = start_apt_cache(config, share_running=True)
+    assert shared.cacher is None and shared.guest_url == f"http://10.0.2.2:{cache.port}"
+    with pytest.raises(CacheError, match=r"cache\.apt-port"):
+        start_apt_cache(config, share_running=False)
