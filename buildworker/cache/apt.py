@@ -30,10 +30,12 @@ grows; an ``O`` with a preceding ``I`` of the same path is a miss, without one a
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -72,6 +74,7 @@ EXPIRE_INTERVAL_S = 86400.0
 LOG_POLL_S = 2.0
 #: How long apt-cacher-ng may take to listen.
 START_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1
 #: The log apt-cacher-ng writes one line per transfer to, under its log directory.
 TRANSFER_LOG = "apt-cacher.log"
 
@@ -208,6 +211,13 @@ class TransferLog:
                 yield Transfer(hit=fetched == 0, served_bytes=size, fetched_bytes=fetched)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the worker dies (even by SIGKILL), so no
+    orphaned apt-cacher-ng keeps the port."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -282,7 +292,8 @@ class AptCacher:
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
-                start_new_session=True,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the worker, not it
+                preexec_fn=_die_with_parent,
             )
         finally:
             stderr.close()

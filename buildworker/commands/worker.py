@@ -74,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     )
     # The cache's port is one of this worker's forwards (the egress policy opens just it).
     vm = dataclasses.replace(config.vm, forwards=config.vm.forwards + apt_cache.forwards)
-    vms = Hypervisor(vm, worker_name=config.worker.name)
+    try:
+        vms = Hypervisor(vm, worker_name=config.worker.name)
+    except BaseException:
+        apt_cache.close()
+        raise
     reaped = vms.reap_leftovers()
     try:
         pool = vm_host_for(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,3 +234,38 @@ def test_a_run_shares_the_cache_a_worker_runs_already(
     assert shared.cacher is None and shared.guest_url == f"http://10.0.2.2:{cache.port}"
     with pytest.raises(CacheError, match=r"cache\.apt-port"):
         start_apt_cache(config, share_running=False)
+
+
+def test_our_apt_cacher_ng_dies_with_a_worker_killed_outright(tmp_path: Path) -> None:
+    # Given a process that started our cache, killed with SIGKILL (no close())
+    script = (
+        "import sys, time; from pathlib import Path; from buildworker.cache.apt import AptCacher; "
+        f"c = AptCacher(Path({str(tmp_path)!r}), port={free_port()}).start(); "
+        "print('PID', c._process.pid, flush=True); time.sleep(600)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    line = ""
+    while not line.startswith("PID "):
+        line = parent.stdout.readline()
+        assert line, "the parent ended before starting the cache"
+    child = int(line.split()[1])
+    os.kill(child, 0)  # running
+    parent.kill()
+    parent.wait(10)
+    # Then apt-cacher-ng goes too (it would hold the port for the next start)
+    deadline = time.monotonic() + 10
+    try:
+        while Path(f"/proc/{child}").exists() and "Z" not in _state(child):
+            assert time.monotonic() < deadline, f"apt-cacher-ng {child} outlived its parent"
+            time.sleep(0.1)
+    finally:
+        if "Z" not in _state(child):
+            os.kill(child, 9)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
