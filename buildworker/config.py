@@ -502,6 +502,70 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    apt_run: bool = field(
+        default=False,
+        metadata=opt("bool", "run our own apt-cacher-ng on 127.0.0.1:apt-port for guests' apt"),
+    )
+    apt_proxy: str = field(
+        default="",
+        metadata=opt("str", "use an existing apt proxy instead, http://127.0.0.1:PORT"),
+    )
+    apt_port: int = field(default=3142, metadata=opt("int", "port of our own apt-cacher-ng"))
+    apt_dir: Path = field(
+        default=_STATE / "apt-cache",
+        metadata=opt("path", "our apt-cacher-ng's directory (conf/, cache/, log/)"),
+    )
+    apt_max_size: int = field(
+        default=10 * 1024**3,
+        metadata=opt("size", "least recently used packages are removed past this size"),
+    )
+    apt_max_age: float = field(
+        default=4 * 86400.0,
+        metadata=opt("duration", "files no index refers to are expired after this (days)"),
+    )
+    apt_hosts: tuple[str, ...] = field(
+        default=("deb.debian.org", "security.debian.org"),
+        metadata=opt("list", "hosts whose http:// sources guests fetch through the cache"),
+    )
+
+    @property
+    def apt_url(self) -> str:
+        """The cache as the host reaches it ('' when off)."""
+        if self.apt_run:
+            return f"http://127.0.0.1:{self.apt_port}"
+        return self.apt_proxy
+
+
+_LOOPBACK_URL = re.compile(r"^http://127\.0\.0\.1:(\d+)/?$")
+
+
+def check_cache(cache: CacheConfig) -> None:
+    """Refuse a [cache] section that cannot work, naming the key."""
+    if cache.apt_proxy:
+        match = _LOOPBACK_URL.match(cache.apt_proxy)
+        if match is None or not 0 < int(match.group(1)) < 65536:
+            raise ConfigError(
+                f"cache.apt-proxy: expected http://127.0.0.1:PORT (guests reach it through "
+                f"a forward of that port), got {cache.apt_proxy!r}"
+            )
+        if cache.apt_run:
+            raise ConfigError(
+                "cache.apt-proxy: set together with cache.apt-run; use an existing proxy "
+                "or run our own, not both"
+            )
+    if not 0 < cache.apt_port < 32768:
+        # apt-cacher-ng (3.7, Debian 12) cannot bind a port above 32767
+        raise ConfigError(
+            f"cache.apt-port: expected a port from 1 to 32767 (apt-cacher-ng binds no "
+            f"higher one), got {cache.apt_port}"
+        )
+    for host in cache.apt_hosts:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ConfigError(f"cache.apt-hosts: expected host names, got {host!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -515,6 +579,7 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     triggers: TriggersConfig = field(default_factory=TriggersConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: Path | None = None
 
 
@@ -560,7 +625,9 @@ def parse_config(text: str, source: Path | None = None) -> Config:
         if section not in _SECTIONS:
             raise ConfigError(f"{section}: unknown section (known: {', '.join(sorted(_SECTIONS))})")
         sections[section] = _parse_section(section, _SECTIONS[section], dict(parser[section]))
-    return Config(source=source, **sections)
+    config = Config(source=source, **sections)
+    check_cache(config.cache)
+    return config
 
 
 def resolve_path(explicit: str | os.PathLike[str] | None) -> tuple[Path | None, bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -121,11 +122,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"buildworker run: warning: {warning}", file=sys.stderr)
 
     # Imported here so `buildworker --help` works on a host without libvirt.
+    from buildworker.cache.apt import CacheError, start_apt_cache
     from buildworker.guest.hypervisor import Hypervisor
     from buildworker.guest.images import ImageCatalogue
 
-    catalogue = ImageCatalogue(args.images or config.worker.images)
-    vms = Hypervisor(config.vm, worker_name=f"{config.worker.name}-run")
+    try:
+        # [cache]: the worker's apt-cacher-ng when it runs on this host, else one of our own
+        apt_cache = start_apt_cache(config.cache, share_running=True)
+    except CacheError as exc:
+        print(f"buildworker run: {exc}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    catalogue = ImageCatalogue(
+        args.images or config.worker.images,
+        apt_proxy=apt_cache.guest_url,
+        apt_hosts=apt_cache.hosts,
+    )
+    vm = dataclasses.replace(config.vm, forwards=config.vm.forwards + apt_cache.forwards)
+    try:
+        vms = Hypervisor(vm, worker_name=f"{config.worker.name}-run")
+    except BaseException:
+        apt_cache.close()
+        raise
     settings = RunnerSettings(
         settle_timeout_s=config.vm.settle_timeout,
         log_flush_s=config.worker.log_flush,
@@ -165,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
             print("buildworker run: saving a warm-start snapshot for the next run", file=sys.stderr)
             vms.wait_snapshots(config.vm.settle_timeout + 120)
         vms.close()  # withdraws the forwards and allowed networks of this run
+        apt_cache.close()
     summary = ", ".join(f"{name}: {status}" for name, status in result.task_statuses.items())
     print(
         f"buildworker run: {result.status}"

@@ -9,6 +9,7 @@ ticks and the consumer runs, ``STOPPING=1`` when SIGTERM starts the drain.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pwd
 import sys
 from typing import TYPE_CHECKING
@@ -56,14 +57,33 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     notifier.status("starting: connecting to libvirt")
     # Imported here so `buildworker --help` works on a host without libvirt.
+    from buildworker.cache.apt import CacheError, start_apt_cache
     from buildworker.guest.hypervisor import Hypervisor
     from buildworker.guest.images import ImageCatalogue
     from buildworker.guest.pool import vm_host_for
 
-    catalogue = ImageCatalogue(config.worker.images)
-    vms = Hypervisor(config.vm, worker_name=config.worker.name)
-    reaped = vms.reap_leftovers()
     metrics = WorkerMetrics()
+    try:
+        apt_cache = start_apt_cache(
+            config.cache,
+            on_transfer=lambda t: metrics.cache_transfer(
+                "apt", t.hit, t.served_bytes, t.fetched_bytes
+            ),
+        )
+    except CacheError as exc:
+        print(f"buildworker worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    catalogue = ImageCatalogue(
+        config.worker.images, apt_proxy=apt_cache.guest_url, apt_hosts=apt_cache.hosts
+    )
+    # The cache's port is one of this worker's forwards (the egress policy opens just it).
+    vm = dataclasses.replace(config.vm, forwards=config.vm.forwards + apt_cache.forwards)
+    try:
+        vms = Hypervisor(vm, worker_name=config.worker.name)
+    except BaseException:
+        apt_cache.close()
+        raise
+    reaped = vms.reap_leftovers()
     try:
         pool = vm_host_for(
             config,
@@ -75,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ConfigError:  # a bad [vm] pool-sizes: said by the CLI, naming the entry
         vms.close()
+        apt_cache.close()
         raise
     if pool is None and config.vm.warm_start:
         # Without a pool nothing restores ahead of the first job: check (and make) the
@@ -123,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.close()  # its waiting guests go; running builds have already ended
         vms.close()  # withdraws this worker's forwards and allowed networks
+        apt_cache.close()
         notifier.close()
 
 

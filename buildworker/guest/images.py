@@ -93,6 +93,17 @@ class ImageInfo:
     #: the image was built without one (say "digest: not recorded", never compute it here)
     digest: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: the host's package cache as guests reach it (``http://10.0.2.2:3142``; '' without
+    #: one) and the hosts sent through it: ``[cache]``, buildworker.cache.apt
+    apt_proxy: str = ""
+    apt_hosts: tuple[str, ...] = ()
+
+    def _cache_prefix(self) -> str:
+        if not self.apt_proxy or self.family not in {"debian", "ubuntu"}:
+            return ""
+        from buildworker.cache.apt import guest_setup_command
+
+        return guest_setup_command(self.apt_proxy, self.apt_hosts) + " && "
 
     def install_command(self, packages: Sequence[str]) -> str:
         """Shell command, run as the build user in the guest, that installs ``packages``.
@@ -104,10 +115,10 @@ class ImageInfo:
         family = self.family
         if family == "debian":
             apt = "sudo env DEBIAN_FRONTEND=noninteractive apt-get"
-            return f"{apt} update -y && {apt} install -y {pkgs}"
+            return f"{self._cache_prefix()}{apt} update -y && {apt} install -y {pkgs}"
         if family == "ubuntu":
             apt = "sudo env DEBIAN_FRONTEND=noninteractive apt-get -q"
-            return f"{apt} update -y && {apt} install -y {pkgs}"
+            return f"{self._cache_prefix()}{apt} update -y && {apt} install -y {pkgs}"
         if family == "alpine":
             return f"sudo apk upgrade -U && sudo apk add {pkgs}"
         if family == "archlinux":
@@ -140,7 +151,7 @@ class ImageInfo:
             url, distro, component = parts[:3]
             q = shlex.quote
             keyring = f"/etc/apt/keyrings/{name}.gpg"
-            commands = ["sudo mkdir -p /etc/apt/keyrings"]
+            commands = [self._cache_prefix() + "sudo mkdir -p /etc/apt/keyrings"]
             if len(parts) == 4:
                 key = parts[3]
                 commands.append(
@@ -211,8 +222,12 @@ def _load_config(path: Path) -> dict[str, Any]:
 class ImageCatalogue:
     """Reads the images directory on each call (cheap), so a rebuilt image is seen at once."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, apt_proxy: str = "", apt_hosts: Sequence[str] = ()):
+        """`apt_proxy`: the package cache as guests reach it, given to every image resolved
+        (with `apt_hosts`, the hosts sent through it); '' without one."""
         self.root = Path(root)
+        self.apt_proxy = apt_proxy
+        self.apt_hosts = tuple(apt_hosts)
 
     # --- discovery ---------------------------------------------------------------------
 
@@ -352,4 +367,6 @@ class ImageCatalogue:
             requested_name=image,
             digest=(config.get("digest") or {}).get(chosen),
             extra={k: config[k] for k in unknown},
+            apt_proxy=self.apt_proxy,
+            apt_hosts=self.apt_hosts,
         )

@@ -46,6 +46,8 @@ _TASK_BUCKETS = (1, 10, 30, 60, 300, 600, 1800, 3600)
 
 #: The bounded values of ``buildworker_infra_failures_total{reason}``.
 INFRA_REASONS = ("boot", "settle", "ssh", "api", "broker", "artifacts", "other")
+#: The bounded values of ``buildworker_cache_*{cache}``: the host caches (buildworker.cache).
+CACHES = ("apt",)
 #: The bounded values of ``buildworker_api_request_errors_total{endpoint}``.
 API_ENDPOINTS = (
     "claim",
@@ -180,6 +182,24 @@ class WorkerMetrics:
             ["outcome"],
             registry=r,
         )
+        self.cache_requests = Counter(
+            "buildworker_cache_requests",
+            "Files host caches served to guests, by cache and hit or miss",
+            ["cache", "result"],
+            registry=r,
+        )
+        self.cache_served_bytes = Counter(
+            "buildworker_cache_served_bytes",
+            "Bytes host caches sent to guests",
+            ["cache"],
+            registry=r,
+        )
+        self.cache_fetched_bytes = Counter(
+            "buildworker_cache_fetched_bytes",
+            "Bytes host caches fetched upstream for guests",
+            ["cache"],
+            registry=r,
+        )
         info = Gauge("buildworker_build_info", "Version", ["version"], registry=r)
         info.labels(version=__version__).set(1)
         # Process metrics (CPU, memory, open fds) and the Python version, as every exporter.
@@ -195,6 +215,11 @@ class WorkerMetrics:
             self.deliveries.labels(outcome=outcome)
         for status in ("success", "failed", "timeout", "cancelled"):
             self.finished.labels(status=status)
+        for cache in CACHES:
+            for result in ("hit", "miss"):
+                self.cache_requests.labels(cache=cache, result=result)
+            self.cache_served_bytes.labels(cache=cache)
+            self.cache_fetched_bytes.labels(cache=cache)
 
     def set_slots(self, slots: int) -> None:
         self.slots.set(slots)
@@ -208,6 +233,12 @@ class WorkerMetrics:
     def build_ended(self) -> None:
         self.srht_running.dec()
         self.slots_busy.dec()
+
+    def cache_transfer(self, cache: str, hit: bool, served: int, fetched: int) -> None:
+        """One file a host cache sent to a guest (buildworker.cache)."""
+        self.cache_requests.labels(cache=cache, result="hit" if hit else "miss").inc()
+        self.cache_served_bytes.labels(cache=cache).inc(served)
+        self.cache_fetched_bytes.labels(cache=cache).inc(fetched)
 
     def api_error(self, endpoint: str) -> None:
         """Counts a failed internal-API call; an endpoint outside the list counts as
