@@ -114,11 +114,18 @@ class Guest:
             # The launchers start beside the own-machine step (the guest has two vCPUs):
             # setup and the first task then start without their sshd session and shell.
             conn.prime_soon()
-            self._own_machine(conn)
+            try:
+                self._own_machine(conn, stop)
+            except GuestError:
+                # The guest destroyed (or the job cancelled) during that step is a stop,
+                # as anywhere else in settling, not a failed guest.
+                if stop.is_set():
+                    raise CommandCancelled(f"{self.domain_name}: stopped while settling") from None
+                raise
         self._log.info("guest.ready", seconds=round(time.monotonic() - self.started, 3))
         return conn
 
-    def _own_machine(self, conn: GuestConnection) -> None:
+    def _own_machine(self, conn: GuestConnection, stop: StopSignal) -> None:
         """Set the copy's clock and boot id: through the template's armed helper, else (no
         helper, or it failed) through sudo, with the time of then."""
         t0 = time.monotonic()
@@ -127,6 +134,7 @@ class Guest:
                 own_machine_command(time.time()),
                 pty=False,
                 timeout=OWN_MACHINE_TIMEOUT_S,
+                cancel=stop,
                 primed=False,
             )
         except CommandTimeout:
@@ -134,7 +142,7 @@ class Guest:
         if fast == 0:
             way = "helper"
         else:
-            status = conn.run(own_machine_sudo(time.time()), pty=False, primed=False)
+            status = conn.run(own_machine_sudo(time.time()), pty=False, cancel=stop, primed=False)
             if status != 0:
                 raise GuestError(
                     f"{self.domain_name}: setting the clock and boot id failed ({status})"
