@@ -295,11 +295,21 @@ class TimedGuest:
         name: str = self._inner.domain_name
         return name
 
+    @property
+    def start_path(self) -> str:
+        path: str = self._inner.start_path
+        return path
+
+    @property
+    def start_note(self) -> str:
+        note: str = self._inner.start_note
+        return note
+
     def wait_ready(self, timeout: float, cancel: threading.Event | None = None) -> TimedSession:
         session = self._inner.wait_ready(timeout, cancel=cancel)
         job = current_job(self._job_id)
         self._timeline.mark(job, "ready")
-        self._timeline.note_path(job, str(getattr(self._inner, "start_path", "cold")))
+        self._timeline.note_path(job, self.start_path)
         return TimedSession(session, self._timeline, job)
 
     def destroy(self) -> None:
@@ -629,6 +639,9 @@ class SrhtGuest:
     def domain_name(self) -> str:
         name: str = self._inner.domain_name
         return name
+
+    start_path = "cold"
+    start_note = ""  # builds.sr.ht's setup log says nothing of how the VM started
 
     def wait_ready(self, timeout: float, cancel: threading.Event | None = None) -> SrhtSession:
         """``ssh … echo 'hello world'`` once a second until it prints ``hello world``."""

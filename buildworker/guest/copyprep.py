@@ -29,10 +29,10 @@ import shlex
 __all__ = [
     "HELPER_DIR",
     "OWN_MACHINE_TIMEOUT_S",
+    "PREP_DIGEST",
     "TEMPLATE_PREP_TIMEOUT_S",
     "own_machine_command",
     "own_machine_sudo",
-    "prep_digest",
     "template_prep_command",
 ]
 
@@ -115,8 +115,7 @@ def template_prep_command(user: str) -> str:
     return f"sudo -n sh -c {shlex.quote(_PREP_ROOT)} prep {shlex.quote(user)}"
 
 
-def prep_digest() -> str:
-    """What the snapshot's shape records of this preparation (its text's digest)."""
+def _prep_digest() -> str:
     text = _PREP_ROOT + _HELPER + own_machine_command(0.0) + own_machine_sudo(0.0)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -144,3 +143,8 @@ def own_machine_sudo(now: float) -> str:
     """The same through sudo (a copy of a template whose preparation failed, an image
     without the helper): ~0.65 s under TCG, against ~0.3 s."""
     return f"sudo -n sh -c {shlex.quote(_OWN_MACHINE_ROOT)} own {now:.6f}"
+
+
+#: What the snapshot's shape records of this preparation: its text's digest (constant text,
+#: so computed once, at import).
+PREP_DIGEST = _prep_digest()

@@ -47,6 +47,7 @@ from buildworker.guest.snapshot import load_state, save_state
 from buildworker.guest.snapstore import (
     FROZEN_NAME,
     STATE_NAME,
+    Miss,
     Shape,
     Snapshot,
     SnapshotStore,
@@ -252,11 +253,13 @@ class Hypervisor:
                     "guest.snapshot_failed", domain=name, error=str(exc), fallback="cold boot"
                 )
                 self.store.discard(snapshot.shape)
-                why = f"restoring snapshot {snapshot.directory.name} failed ({exc})"
+                note = f"restoring snapshot {snapshot.directory.name} failed ({exc})"
+        else:
+            note = str(why)
         if self.make_snapshot_soon(image):
-            why += "; making one in the background"
+            note += "; making one in the background"
         guest = self._start(name, image, job_id, attempt)
-        guest.start_note = f"cold boot: {why}"
+        guest.start_note = f"cold boot: {note}"
         return guest
 
     def restore_pooled(self, image: ImageInfo, serial: int) -> Guest | None:
@@ -267,7 +270,7 @@ class Hypervisor:
             raise VMError(f"image {image.name} ({image.arch}) has no kernel for direct boot")
         snapshot, why = self.snapshot_for(image)
         if snapshot is None:
-            if why and "no snapshot" not in why:
+            if why is not None and why.unusable:
                 self.store.discard(self.shape_of(image))
             self.make_snapshot_soon(image)
             return None
@@ -389,12 +392,13 @@ class Hypervisor:
                 cmdline=image.cmdline or DEFAULT_CMDLINE,
             )
 
-    def snapshot_for(self, image: ImageInfo) -> tuple[Snapshot | None, str]:
-        """The image's intact snapshot for this shape, or (None, why there is none)."""
+    def snapshot_for(self, image: ImageInfo) -> tuple[Snapshot, None] | tuple[None, Miss]:
+        """(the image's intact snapshot for this shape, None), or (None, why there is none).
+        An image whose files cannot be read has no snapshot (``absent``): nothing to discard."""
         try:
             return self.store.get(self.shape_of(image))
         except VMError as exc:
-            return None, str(exc)
+            return None, Miss("absent", str(exc))
 
     def ensure_snapshot(self, image: ImageInfo) -> tuple[Snapshot, bool]:
         """The image's snapshot, made now if missing or broken (one cold boot and a save,
@@ -403,8 +407,8 @@ class Hypervisor:
         if snapshot is not None:
             return snapshot, False
         shape = self.shape_of(image)
-        if why and "no snapshot" not in why:
-            self._log.warning("guest.snapshot_discarded", image=image.name, reason=why)
+        if why is not None and why.unusable:
+            self._log.warning("guest.snapshot_discarded", image=image.name, reason=str(why))
             self.store.discard(shape)
         made = self._make_snapshot(image, shape)
         if made is None:  # another process made it meanwhile
@@ -457,7 +461,7 @@ class Hypervisor:
                         arch=image.arch,
                         ready=snapshot is not None,
                         making=making,
-                        why=why or None,
+                        why=str(why) if why else None,
                     )
                 except Exception as exc:
                     self._log.exception(

@@ -283,10 +283,6 @@ class WarmPool:
         with self._lock:
             return len(self._entries.get((image, arch), []))
 
-    def size(self) -> int:
-        with self._lock:
-            return sum(len(e) for e in self._entries.values())
-
     def wait_filled(self, timeout: float) -> bool:
         """Wait until every target is full; True if it is (tests, benchmarks)."""
         deadline = time.monotonic() + timeout

@@ -34,14 +34,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from buildworker.guest.copyprep import prep_digest
+from buildworker.guest.copyprep import PREP_DIGEST
+from buildworker.guest.imagedigest import sha256_file
 from buildworker.guest.images import ImageInfo
 
 __all__ = [
     "FROZEN_NAME",
     "STATE_NAME",
+    "Miss",
     "Shape",
     "Snapshot",
     "SnapshotStore",
@@ -52,7 +54,6 @@ FROZEN_NAME = "frozen.qcow2"
 STATE_NAME = "state.bin"
 META_NAME = "meta.json"
 FORMAT = 1
-_CHUNK = 1 << 20
 _TMP = re.compile(r"^\.tmp-(\d+)-d?\d+$")
 
 
@@ -111,7 +112,7 @@ def shape_of(
         ("accel", accel),
         ("qemu", qemu_version),
         ("cmdline", cmdline),
-        ("copy_prep", prep_digest()),
+        ("copy_prep", PREP_DIGEST),
     )
     return Shape(image=image.name, arch=image.arch, inputs=inputs)
 
@@ -132,12 +133,21 @@ class Snapshot:
         return self.directory / STATE_NAME
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class Miss:
+    """Why there is no snapshot to restore: ``absent`` (none made yet for this shape: make
+    one) or ``unusable`` (one exists but is of another format, truncated, corrupt or
+    unreadable: discard it, then make one). ``str()`` is the reason, for logs and notes."""
+
+    kind: Literal["absent", "unusable"]
+    reason: str
+
+    @property
+    def unusable(self) -> bool:
+        return self.kind == "unusable"
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class SnapshotStore:
@@ -155,16 +165,18 @@ class SnapshotStore:
         # qemu (another user) opens frozen.qcow2 inside as a backing file
         os.chmod(self.root, 0o755)
 
-    def get(self, shape: Shape) -> tuple[Snapshot | None, str]:
-        """The snapshot of ``shape`` if it is whole and intact, else (None, why not)."""
+    def get(self, shape: Shape) -> tuple[Snapshot, None] | tuple[None, Miss]:
+        """(the snapshot of ``shape``, None) if it is whole and intact, else (None, why not)."""
         directory = self.root / shape.dirname
         if not directory.is_dir():
-            return None, "no snapshot of this image and shape yet"
+            return None, Miss("absent", "no snapshot of this image and shape yet")
         snapshot = Snapshot(shape, directory)
         try:
             meta = json.loads((directory / META_NAME).read_text())
             if meta.get("format") != FORMAT or meta.get("digest") != shape.digest:
-                return None, f"snapshot {directory.name} is of another format or shape"
+                return None, Miss(
+                    "unusable", f"snapshot {directory.name} is of another format or shape"
+                )
             for name in (FROZEN_NAME, STATE_NAME):
                 path = directory / name
                 identity = _file_identity(path)
@@ -172,14 +184,18 @@ class SnapshotStore:
                     if identity in self._verified:
                         continue
                 if path.stat().st_size != meta["files"][name]["size"]:
-                    return None, f"snapshot {directory.name}: {name} has the wrong size"
-                if sha256_of(path) != meta["files"][name]["sha256"]:
-                    return None, f"snapshot {directory.name}: {name} fails its checksum"
+                    return None, Miss(
+                        "unusable", f"snapshot {directory.name}: {name} has the wrong size"
+                    )
+                if sha256_file(path) != meta["files"][name]["sha256"]:
+                    return None, Miss(
+                        "unusable", f"snapshot {directory.name}: {name} fails its checksum"
+                    )
                 with self._lock:
                     self._verified.add(identity)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return None, f"snapshot {directory.name} is unreadable: {exc}"
-        return snapshot, ""
+            return None, Miss("unusable", f"snapshot {directory.name} is unreadable: {exc}")
+        return snapshot, None
 
     def discard(self, shape: Shape) -> None:
         """Delete the snapshot of ``shape`` (corrupt or failing to restore)."""
@@ -227,7 +243,7 @@ class SnapshotStore:
         files: dict[str, Any] = {}
         for name in (FROZEN_NAME, STATE_NAME):
             path = scratch / name
-            files[name] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
+            files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
         meta = {
             "format": FORMAT,
             "digest": shape.digest,
@@ -277,7 +293,7 @@ class SnapshotStore:
         return removed
 
     def list(self) -> list[dict[str, Any]]:
-        """meta.json of every published snapshot (for `buildworker image snapshot --list`)."""
+        """meta.json of every published snapshot (for `buildworker image list` and `prune`)."""
         found = []
         if self.root.is_dir():
             for child in sorted(self.root.iterdir()):

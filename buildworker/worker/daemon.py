@@ -42,7 +42,7 @@ from buildworker.worker.consumer import Consumer, Delivery
 from buildworker.worker.context import BuildResult, CancelToken, JobSpec, SecretMaterial
 from buildworker.worker.control import ControlServer
 from buildworker.worker.hold import SessionHolder
-from buildworker.worker.interfaces import Catalogue, VmHost
+from buildworker.worker.interfaces import Catalogue, Image, VmHost
 from buildworker.worker.logs import SETUP_LOG
 from buildworker.worker.metrics import WorkerMetrics
 from buildworker.worker.redact import NeedleSet
@@ -362,7 +362,7 @@ class Daemon:
 
             reports: list[threading.Thread] = []
 
-            def report_image(image: Any) -> None:
+            def report_image(image: Image) -> None:
                 # Off the job's way (a pooled guest's first byte comes ~0.3 s after the
                 # claim), with a short budget; joined before the job ends, so the record
                 # has it when the job shows finished. A failure only costs the record its
@@ -374,7 +374,7 @@ class Daemon:
                             attempt,
                             image.name,
                             image.arch,
-                            getattr(image, "digest", None),
+                            image.digest,
                             budget_s=REPORT_IMAGE_BUDGET_S,
                         )
                     except Exception as exc:  # the edge of this thread: log, never raise

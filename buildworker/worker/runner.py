@@ -214,8 +214,7 @@ class BuildRunner:
                 image = self._catalogue.resolve(spec.image or asked, spec.manifest.arch)
             except Exception as exc:  # the catalogue's own errors: the image is unusable
                 raise SetupError(str(exc)) from exc
-            digest = getattr(image, "digest", None)
-            say(image_line(asked, image.name, image.arch, digest))
+            say(image_line(asked, image.name, image.arch, image.digest))
             if state.on_image is not None:
                 try:
                     state.on_image(image)
@@ -412,9 +411,8 @@ class BuildRunner:
             try:
                 guest = self._vms.boot(image, job_id=spec.job_id, attempt=spec.attempt)
                 t1 = time.monotonic()
-                note = getattr(guest, "start_note", None)
-                if note:  # which way the guest was started, and why (docs/images.md)
-                    say(f"Warm start: {note}")
+                if guest.start_note:  # which way it was started, and why (docs/images.md)
+                    say(f"Warm start: {guest.start_note}")
                 stage = "settle"
                 say("Waiting for guest to settle")
                 budget = min(self._settings.settle_timeout_s, max(0.0, deadline - time.monotonic()))
@@ -434,7 +432,7 @@ class BuildRunner:
                     say("Retrying on a fresh VM")
                 continue
             t2 = time.monotonic()
-            path = getattr(guest, "start_path", "cold")
+            path = guest.start_path
             say(f"Guest settled in {t2 - t0:.1f}s ({_PATH_WORDS.get(path, path)})")
             log.info(
                 "guest_ready", domain=guest.domain_name, boot_s=round(t2 - t0, 3), start_path=path

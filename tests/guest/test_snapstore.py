@@ -80,7 +80,8 @@ def test_every_input_changes_the_name(image: ImageInfo) -> None:
 def test_publish_then_get_and_a_corrupt_file_is_refused(tmp_path: Path, image: ImageInfo) -> None:
     store = SnapshotStore(tmp_path / "snaps")
     s = shape(image)
-    assert store.get(s) == (None, "no snapshot of this image and shape yet")
+    got, miss = store.get(s)
+    assert got is None and miss is not None and miss.kind == "absent" and not miss.unusable
     with store.making(s, threading.Event()) as scratch:
         assert scratch is not None
         make_files(store, scratch)
@@ -94,7 +95,7 @@ def test_publish_then_get_and_a_corrupt_file_is_refused(tmp_path: Path, image: I
     meta = json.loads((published.directory / "meta.json").read_text())
     assert meta["inputs"]["vcpus"] == "2" and meta["made_by"] == "test"
     got, why = store.get(s)
-    assert got == published and why == ""
+    assert got == published and why is None
     # A byte flipped in the state (same size): a fresh store (another process) refuses it,
     # and so does this one, because the file's identity changed.
     data = bytearray(published.state.read_bytes())
@@ -102,9 +103,11 @@ def test_publish_then_get_and_a_corrupt_file_is_refused(tmp_path: Path, image: I
     published.state.write_bytes(bytes(data))
     for reader in (store, SnapshotStore(store.root)):
         got, why = reader.get(s)
-        assert got is None and "state.bin fails its checksum" in why
+        assert got is None and why is not None and why.unusable
+        assert "state.bin fails its checksum" in str(why)
     published.state.write_bytes(b"short")
-    assert "wrong size" in SnapshotStore(store.root).get(s)[1]
+    short = SnapshotStore(store.root).get(s)[1]
+    assert short is not None and short.unusable and "wrong size" in str(short)
     store.discard(s)
     assert not published.directory.exists()
     assert store.get(s)[0] is None

@@ -16,7 +16,7 @@ import httpx
 import pika
 import pika.exceptions
 import pytest
-from worker_helpers import WORKER_TOKEN, LiveApi, api_config
+from worker_helpers import IMAGES, WORKER_TOKEN, LiveApi, api_config
 
 from buildworker.exitcodes import EXIT_OK, EXIT_UNAUTHORIZED
 from buildworker.guest.images import ImageCatalogue
@@ -24,7 +24,6 @@ from buildworker.queue import DEAD_QUEUE, REASON_HEADER
 from buildworker.worker.apiclient import InternalApi
 from buildworker.worker.daemon import Daemon
 
-IMAGES = Path(__file__).resolve().parents[2] / "images"
 MANIFEST = "image: debian/bookworm\ntasks:\n  - build: echo hi\n"
 
 

@@ -418,6 +418,7 @@ class LocalImage:
     arch: str = "amd64"
     preamble: str | None = None
     directory: Path = Path("/nonexistent")
+    digest: str | None = None
 
     def install_command(self, packages: Any) -> str:
         return ""

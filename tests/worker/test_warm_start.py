@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_helpers import Stack
+from worker_helpers import IMAGES, Stack
 
 from buildworker.config import VmConfig
 from buildworker.guest.images import ImageCatalogue
@@ -101,9 +101,7 @@ def test_a_corrupt_snapshot_still_runs_the_job_cold_and_is_made_again(
 ) -> None:
     # Given this worker's own copy of the image's snapshot, with one byte flipped
     shared_dir = VmConfig().snapshot_dir
-    image = ImageCatalogue(Path(__file__).resolve().parents[2] / "images").resolve(
-        "debian/bookworm", None
-    )
+    image = ImageCatalogue(IMAGES).resolve("debian/bookworm", None)
     own_dir = Path("/var/lib/buildworker/test-vms") / f"snaps-{uuid.uuid4().hex[:8]}"
     stack: Stack = stack_factory(vm={"snapshot_dir": own_dir, "pool_size": 0})
     stack.start_daemon()
