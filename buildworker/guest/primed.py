@@ -25,7 +25,14 @@ from __future__ import annotations
 import re
 import shlex
 
-__all__ = ["eligible_exec", "eligible_pty", "exec_header", "launchers"]
+__all__ = [
+    "PREAMBLE_READY",
+    "eligible_exec",
+    "eligible_pty",
+    "exec_header",
+    "launchers",
+    "parse_preamble_status",
+]
 
 #: A pty launcher runs only simple commands (``./.tasks/build``): one word, no newline, so
 #: ``exec`` of it is what ``bash -c`` would do, and the FIFO protocol stays one line.
@@ -33,20 +40,47 @@ _SIMPLE = re.compile(r"^[A-Za-z0-9_./'~+-]{1,512}$")
 #: The exec launcher counts characters (ASCII: bytes in any locale), and bash reads them one
 #: byte per system call from a pipe: long scripts take a fresh channel.
 _MAX_SCRIPT = 16 << 10
+_PREAMBLE_STATUS = re.compile(rb"^bw-pre (\d{1,3})\n$")
+#: The exec launcher's line once its shell runs, before it reads the preamble's line.
+PREAMBLE_READY = b"bw-ready\n"
 
 
-def launchers(fifo: str) -> tuple[str, str, str, str]:
-    """The commands (make the FIFO, exec launcher, pty launcher, trigger) for ``fifo``."""
+def launchers(fifo: str, preamble: str = "") -> tuple[str, str, str]:
+    """The commands (exec launcher, pty launcher, trigger) for ``fifo``.
+
+    The pty launcher and the trigger each make the FIFO (whichever comes first; the other's
+    ``mkfifo`` finds it there), so priming needs no channel of its own for it.
+
+    ``preamble``: shell text the exec launcher runs first (a restored copy's own-machine
+    step, ``copyprep.own_machine_preamble``, which then rides a channel that is opened
+    anyway). The launcher says ``bw-ready`` (:data:`PREAMBLE_READY`) once its shell runs,
+    reads one line into ``bw_t`` (sent only then: a time sent earlier would be as old as the
+    shell's start, seconds on a loaded host), runs the preamble, reports its status as one
+    line ``bw-pre N`` (:func:`parse_preamble_status`), then reads its script as without one."""
     quoted = shlex.quote(fifo)
-    make = f"mkfifo -m 600 {quoted}"
+    make = f"mkfifo -m 600 {quoted} 2>/dev/null; [ -p {quoted} ] || exit 126"
     exec_launcher = (
         'IFS= read -r bw_n && IFS= read -r -N "$bw_n" bw_c && unset bw_n && eval "$bw_c"'
     )
+    if preamble:
+        exec_launcher = (
+            f"echo bw-ready; IFS= read -r bw_t && {{ {preamble}\n}}; "
+            "printf 'bw-pre %s\\n' \"$?\"; unset bw_t; " + exec_launcher
+        )
     pty_launcher = (
-        f'IFS= read -r -d \'\' bw_c < {quoted}; [ -n "$bw_c" ] || exit 126; eval "exec $bw_c"'
+        f"{make}; IFS= read -r -d '' bw_c < {quoted}; "
+        '[ -n "$bw_c" ] || exit 126; eval "exec $bw_c"'
     )
-    trigger = f"IFS= read -r bw_c && printf '%s\\0' \"$bw_c\" > {quoted} && exec rm -f {quoted}"
-    return make, exec_launcher, pty_launcher, trigger
+    trigger = (
+        f"{make}; IFS= read -r bw_c && printf '%s\\0' \"$bw_c\" > {quoted} && exec rm -f {quoted}"
+    )
+    return exec_launcher, pty_launcher, trigger
+
+
+def parse_preamble_status(line: bytes) -> int | None:
+    """The status in the exec launcher's ``bw-pre N`` line; None if it is not one."""
+    match = _PREAMBLE_STATUS.match(line)
+    return int(match.group(1)) if match else None
 
 
 def eligible_exec(command: str) -> bool:

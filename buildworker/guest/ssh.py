@@ -33,7 +33,14 @@ from buildworker.guest.errors import (
     HostKeyMismatch,
     SettleTimeout,
 )
-from buildworker.guest.primed import eligible_exec, eligible_pty, exec_header, launchers
+from buildworker.guest.primed import (
+    PREAMBLE_READY,
+    eligible_exec,
+    eligible_pty,
+    exec_header,
+    launchers,
+    parse_preamble_status,
+)
 from buildworker.guest.settle import BANNER_PREFIX, probe_delays
 
 __all__ = [
@@ -230,6 +237,10 @@ class GuestConnection:
         self._primed_lock = threading.Lock()
         self._priming: threading.Thread | None = None
         self._exec_slot: paramiko.Channel | None = None
+        #: set once the exec launcher is open (or priming gave up)
+        self._exec_opened = threading.Event()
+        #: the exec launcher was primed with a preamble not yet run
+        self._preamble = False
         self._pty_slot: tuple[paramiko.Channel, paramiko.Channel] | None = None
         #: Commands that ran on a primed launcher (diagnostics and tests).
         self.primed_runs = 0
@@ -284,27 +295,36 @@ class GuestConnection:
 
     # --- primed channels (primed.py) ---------------------------------------------------
 
-    def prime_soon(self) -> None:
+    def prime_soon(self, preamble: str = "") -> None:
         """Open the primed launchers in the background; the next ``run`` of each kind waits
-        for them (a command started meanwhile would only compete with them for the guest)."""
+        for them (a command started meanwhile would only compete with them for the guest).
+        ``preamble``: what the exec launcher runs first (``run_preamble``)."""
         with self._primed_lock:
             if self._priming is not None:
                 return
-            self._priming = threading.Thread(target=self._prime, name="guest-prime", daemon=True)
+            self._preamble = bool(preamble)
+            self._priming = threading.Thread(
+                target=self._prime, args=(preamble,), name="guest-prime", daemon=True
+            )
             self._priming.start()
 
-    def _prime(self) -> None:
+    def _prime(self, preamble: str) -> None:
         fifo = f"/tmp/.buildworker-run-{secrets.token_hex(8)}"
-        make, exec_launcher, pty_launcher, trigger = launchers(fifo)
+        exec_launcher, pty_launcher, trigger = launchers(fifo, preamble)
         opened: list[paramiko.Channel] = []
         try:
             with map_paramiko_errors(f"{self._description}: priming"):
-                if self.run(make, pty=False, timeout=30.0, primed=False) != 0:
-                    raise GuestError(f"{self._description}: mkfifo {fifo} failed")
+                # The exec launcher first, and published at once: a preamble waits for it.
                 ex = self._session()
-                opened.append(ex)
-                ex.set_combine_stderr(True)
-                ex.exec_command(exec_launcher)
+                try:
+                    ex.set_combine_stderr(True)
+                    ex.exec_command(exec_launcher)
+                except BaseException:
+                    ex.close()
+                    raise
+                with self._primed_lock:
+                    self._exec_slot = ex
+                self._exec_opened.set()
                 trig = self._session()
                 opened.append(trig)
                 trig.set_combine_stderr(True)
@@ -319,9 +339,70 @@ class GuestConnection:
             for chan in opened:
                 chan.close()
             return
+        finally:
+            self._exec_opened.set()
         with self._primed_lock:
-            self._exec_slot = ex
             self._pty_slot = (tty, trig)
+
+    def run_preamble(
+        self, line: Callable[[], str], *, timeout: float, cancel: StopSignal | None = None
+    ) -> int | None:
+        """Send ``line()`` (made just before it is sent) to the primed exec launcher's
+        preamble (``prime_soon(preamble)``) and return the preamble's exit status; the
+        launcher then serves the next no-PTY command as usual. None: no such launcher (not
+        primed with a preamble, priming failed, or the preamble already ran).
+
+        Raises CommandTimeout after ``timeout`` seconds or CommandCancelled (either way the
+        launcher is closed: the next command takes a fresh channel), GuestError."""
+        deadline = time.monotonic() + timeout
+        with self._primed_lock:
+            if self._priming is None or not self._preamble:
+                return None
+            self._preamble = False  # once
+        while not self._exec_opened.wait(POLL_S):
+            self._check(cancel, deadline, "preamble")
+        with self._primed_lock:
+            chan = self._exec_slot
+        if chan is None or not _alive(chan):
+            return None
+
+        def read_line() -> bytes:
+            # Nothing else is written to the channel until the launcher has its script, so
+            # reading up to the newline takes exactly the launcher's own line.
+            got = b""
+            while not got.endswith(b"\n") and len(got) < 64:
+                self._check(cancel, deadline, "preamble")
+                try:
+                    data = chan.recv(64 - len(got))
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                got += data
+            return got
+
+        try:
+            with map_paramiko_errors(f"{self._description}: preamble"):
+                chan.settimeout(POLL_S)
+                ready = read_line()
+                if ready != PREAMBLE_READY:
+                    raise GuestError(f"{self._description}: the launcher said {ready!r}")
+                chan.sendall((line() + "\n").encode())
+                answer = read_line()
+        except BaseException:
+            self._drop_exec_slot(chan)
+            raise
+        status = parse_preamble_status(answer)
+        if status is None:
+            self._drop_exec_slot(chan)
+            raise GuestError(f"{self._description}: the launcher's preamble said {answer!r}")
+        return status
+
+    def _drop_exec_slot(self, chan: paramiko.Channel) -> None:
+        with self._primed_lock:
+            if self._exec_slot is chan:
+                self._exec_slot = None
+        chan.close()
 
     def _take_slot(
         self, command: str, pty: bool
@@ -341,7 +422,12 @@ class GuestConnection:
                     return tty, trig
                 tty.close()
                 trig.close()
-            elif not pty and self._exec_slot is not None and eligible_exec(command):
+            elif (
+                not pty
+                and self._exec_slot is not None
+                and not self._preamble  # a launcher still waiting for its preamble's line
+                and eligible_exec(command)
+            ):
                 ex = self._exec_slot
                 self._exec_slot = None
                 if _alive(ex):

@@ -19,6 +19,7 @@ import structlog
 from buildworker.guest.copyprep import (
     OWN_MACHINE_TIMEOUT_S,
     own_machine_command,
+    own_machine_preamble,
     own_machine_sudo,
 )
 from buildworker.guest.errors import CommandCancelled, CommandTimeout, GuestError, SettleTimeout
@@ -61,6 +62,9 @@ class Guest:
         self.start_path = "snapshot" if restored else "cold"
         #: the same for a person, with the reason (the setup log's "Warm start: …" line)
         self.start_note = "restored from a snapshot" if restored else "cold boot"
+        #: how a restored copy's clock and boot id were set ("launcher", "helper", "sudo";
+        #: "" until then, and on a cold boot, which needs neither)
+        self.own_machine_way = ""
         self._domain = domain
         self.domain_name = domain_name
         self.directory = directory
@@ -111,9 +115,11 @@ class Guest:
                 raise CommandCancelled(f"{self.domain_name}: stopped while settling")
             self._connections.append(conn)
         if self.restored:
-            # The launchers start beside the own-machine step (the guest has two vCPUs):
-            # setup and the first task then start without their sshd session and shell.
-            conn.prime_soon()
+            # The launchers start now (the guest has two vCPUs), the exec launcher first,
+            # with the own-machine step as its preamble: setup and the first task then start
+            # without their sshd session and shell, and the own-machine step needs no
+            # channel of its own.
+            conn.prime_soon(own_machine_preamble())
             try:
                 self._own_machine(conn, stop)
             except GuestError:
@@ -126,28 +132,39 @@ class Guest:
         return conn
 
     def _own_machine(self, conn: GuestConnection, stop: StopSignal) -> None:
-        """Set the copy's clock and boot id: through the template's armed helper, else (no
-        helper, or it failed) through sudo, with the time of then."""
+        """Set the copy's clock and boot id: through the template's armed helper, from the
+        primed exec launcher's preamble (else a channel of its own), else (no helper, or it
+        failed) through sudo, with the time of then. ``own_machine_way`` says which."""
         t0 = time.monotonic()
+        way = ""
         try:
-            fast = conn.run(
-                own_machine_command(time.time()),
-                pty=False,
-                timeout=OWN_MACHINE_TIMEOUT_S,
-                cancel=stop,
-                primed=False,
+            status = conn.run_preamble(
+                lambda: f"{time.time():.6f}", timeout=OWN_MACHINE_TIMEOUT_S, cancel=stop
             )
         except CommandTimeout:
-            fast = -1
-        if fast == 0:
-            way = "helper"
-        else:
+            status = -1
+        if status == 0:
+            way = "launcher"
+        elif status is None:  # not primed: the helper through a channel of its own
+            try:
+                fast = conn.run(
+                    own_machine_command(time.time()),
+                    pty=False,
+                    timeout=OWN_MACHINE_TIMEOUT_S,
+                    cancel=stop,
+                    primed=False,
+                )
+            except CommandTimeout:
+                fast = -1
+            way = "helper" if fast == 0 else ""
+        if not way:
             status = conn.run(own_machine_sudo(time.time()), pty=False, cancel=stop, primed=False)
             if status != 0:
                 raise GuestError(
                     f"{self.domain_name}: setting the clock and boot id failed ({status})"
                 )
             way = "sudo"
+        self.own_machine_way = way
         self._log.debug("guest.own_machine", way=way, seconds=round(time.monotonic() - t0, 3))
 
     def _await_console(self, marker: bytes, deadline: float, stop: StopSignal) -> None:

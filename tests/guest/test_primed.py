@@ -6,13 +6,21 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shlex
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from buildworker.guest.primed import eligible_exec, eligible_pty, exec_header, launchers
+from buildworker.guest.primed import (
+    PREAMBLE_READY,
+    eligible_exec,
+    eligible_pty,
+    exec_header,
+    launchers,
+    parse_preamble_status,
+)
 
 
 def test_only_simple_commands_take_the_pty_launcher() -> None:
@@ -30,7 +38,7 @@ def test_the_exec_launcher_takes_ascii_scripts_of_bounded_size() -> None:
 
 
 def test_the_exec_launcher_runs_the_script_verbatim_with_the_rest_of_stdin() -> None:
-    _, exec_launcher, _, _ = launchers("/nonexistent")
+    exec_launcher, _, _ = launchers("/nonexistent")
     script = """exec 2>&1
 printf '[%s]' "$bw_n"
 q='it'"'"'s $HOME'
@@ -52,7 +60,7 @@ exit 3
 
 
 def test_the_exec_launcher_without_stdin_leaves_it_open() -> None:
-    _, exec_launcher, _, _ = launchers("/nonexistent")
+    exec_launcher, _, _ = launchers("/nonexistent")
     proc = subprocess.Popen(
         ["bash", "-c", exec_launcher], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -95,10 +103,17 @@ def _read_all(master: int, proc: subprocess.Popen[bytes], timeout: float = 10.0)
     return out
 
 
-def test_the_pty_launcher_becomes_the_command_the_trigger_names(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first", ["launcher", "trigger"])
+def test_the_pty_launcher_becomes_the_command_the_trigger_names(tmp_path: Path, first: str) -> None:
+    # Whichever of the two starts first makes the FIFO; the other finds it.
     fifo = tmp_path / "run.fifo"
-    make, _, pty_launcher, trigger = launchers(str(fifo))
-    assert subprocess.run(["bash", "-c", make]).returncode == 0
+    _, pty_launcher, trigger = launchers(str(fifo))
+    if first == "trigger":
+        trig = subprocess.Popen(["bash", "-c", trigger], stdin=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while not fifo.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fifo.is_fifo()
     script = tmp_path / "task"
     script.write_text('#!/bin/bash\necho "pid $$"\ntty\nexit 5\n')
     script.chmod(0o755)
@@ -106,8 +121,13 @@ def test_the_pty_launcher_becomes_the_command_the_trigger_names(tmp_path: Path) 
     try:
         time.sleep(0.2)
         assert proc.poll() is None, "the launcher waits for its command"
-        done = subprocess.run(["bash", "-c", trigger], input=f"{script}\n".encode(), timeout=10)
-        assert done.returncode == 0
+        assert fifo.is_fifo() and oct(fifo.stat().st_mode & 0o777) == "0o600"
+        if first == "trigger":
+            trig.communicate(f"{script}\n".encode(), timeout=10)
+            assert trig.returncode == 0
+        else:
+            done = subprocess.run(["bash", "-c", trigger], input=f"{script}\n".encode(), timeout=10)
+            assert done.returncode == 0
         out = _read_all(master, proc)
         assert proc.wait(timeout=10) == 5
     finally:
@@ -121,10 +141,12 @@ def test_the_pty_launcher_becomes_the_command_the_trigger_names(tmp_path: Path) 
 
 def test_the_pty_launcher_refuses_an_empty_command(tmp_path: Path) -> None:
     fifo = tmp_path / "run.fifo"
-    make, _, pty_launcher, _ = launchers(str(fifo))
-    assert subprocess.run(["bash", "-c", make]).returncode == 0
+    _, pty_launcher, _ = launchers(str(fifo))
     proc, master = _run_on_a_pty(["bash", "-c", pty_launcher])
     try:
+        deadline = time.monotonic() + 10
+        while not fifo.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         with open(fifo, "wb") as fh:
             fh.write(b"")
         assert proc.wait(timeout=10) == 126
@@ -135,6 +157,90 @@ def test_the_pty_launcher_refuses_an_empty_command(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["a b", "x;y"])
 def test_launcher_fifo_names_are_quoted(tmp_path: Path, name: str) -> None:
     fifo = tmp_path / name
-    make, _, _, _ = launchers(str(fifo))
-    assert subprocess.run(["bash", "-c", make]).returncode == 0
-    assert fifo.is_fifo()
+    _, pty_launcher, _ = launchers(str(fifo))
+    proc = subprocess.Popen(["bash", "-c", pty_launcher], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not fifo.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fifo.is_fifo()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_pty_launcher_whose_fifo_is_not_a_fifo_refuses_to_run(tmp_path: Path) -> None:
+    fifo = tmp_path / "run.fifo"
+    fifo.write_text("./evil\n")  # a regular file where the FIFO should be
+    _, pty_launcher, trigger = launchers(str(fifo))
+    assert subprocess.run(["bash", "-c", pty_launcher], timeout=10).returncode == 126
+    done = subprocess.run(["bash", "-c", trigger], input=b"./x\n", timeout=10)
+    assert done.returncode == 126 and fifo.read_text() == "./evil\n"
+
+
+def test_the_exec_launcher_runs_its_preamble_first_and_says_how_it_ended() -> None:
+    # The preamble sees the first line as bw_t; its status is one `bw-pre N` line; the
+    # script and its stdin follow as without a preamble, with bw_t gone.
+    preamble = '[ "$bw_t" = 1700000000.5 ] && echo "pre:$bw_t" >&2'
+    exec_launcher, _, _ = launchers("/nonexistent", preamble)
+    script = 'printf "[%s]" "$bw_t"; cat'
+    for first, status in ((b"1700000000.5", 0), (b"other", 1)):
+        done = subprocess.run(
+            ["bash", "-c", exec_launcher],
+            input=first + b"\n" + exec_header(script) + b"rest",
+            capture_output=True,
+            timeout=10,
+        )
+        assert done.returncode == 0
+        ready, head, tail = done.stdout.split(b"\n", 2)
+        assert ready + b"\n" == PREAMBLE_READY
+        assert parse_preamble_status(head + b"\n") == status
+        assert tail == b"[]rest"
+    assert parse_preamble_status(b"bw-pre x\n") is None
+    assert parse_preamble_status(b"hello\n") is None
+
+
+def test_the_own_machine_preamble_talks_to_the_helper_and_closes_its_fifos(
+    tmp_path: Path,
+) -> None:
+    # copyprep's preamble against a stand-in helper on FIFOs in a temp dir (the real one
+    # sets the clock: it runs in the VM tests): ok → 0, anything else → 1, no FIFOs → 1 at
+    # once; the script that follows has no fd 3 or 4.
+    import buildworker.guest.copyprep as copyprep
+
+    fifo_in, fifo_out = tmp_path / "in", tmp_path / "out"
+    preamble = copyprep.own_machine_preamble().replace(copyprep._IN, str(fifo_in))
+    preamble = preamble.replace(copyprep._OUT, str(fifo_out))
+    exec_launcher, _, _ = launchers("/nonexistent", preamble)
+    script = "ls /proc/$$/fd"
+
+    def launch() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["bash", "-c", exec_launcher],
+            input=b"1700000000.25\n" + exec_header(script),
+            capture_output=True,
+            timeout=10,
+        )
+
+    done = launch()
+    assert done.stdout.startswith(PREAMBLE_READY + b"bw-pre 1\n"), done.stdout
+    for answer, status in (("ok", 0), ("date failed", 1)):
+        os.mkfifo(fifo_in)
+        os.mkfifo(fifo_out)
+        helper = subprocess.Popen(
+            [
+                "bash",
+                "-c",
+                f'IFS= read -r t < {fifo_in}; echo "$t" > {tmp_path}/got; '
+                f"echo {shlex.quote(answer)} > {fifo_out}",
+            ]
+        )
+        done = launch()
+        helper.wait(timeout=10)
+        expected = PREAMBLE_READY + f"bw-pre {status}\n".encode()
+        assert done.stdout.startswith(expected), done.stdout
+        assert (tmp_path / "got").read_text() == "1700000000.25\n"
+        fds = done.stdout.split(b"\n", 2)[2].split()
+        assert b"3" not in fds and b"4" not in fds, fds
+        fifo_in.unlink()
+        fifo_out.unlink()

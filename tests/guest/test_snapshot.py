@@ -56,6 +56,8 @@ def test_two_copies_of_one_snapshot_run_at_once_as_their_own_machines(
         assert first.ssh_port != second.ssh_port
         a = first.wait_ready(120)
         b = second.wait_ready(120)
+        # Each set its clock and boot id on the primed exec launcher, not a channel of its own.
+        assert (first.own_machine_way, second.own_machine_way) == ("launcher", "launcher")
         # The template's preparation (copyprep) holds in each copy: sshd listens by itself
         # (not socket-activated), the armed own-machine helper did its work and is gone.
         units = "buildworker-copy-sshd buildworker-ssh.socket buildworker-own-machine"
