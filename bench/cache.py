@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,21 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from buildworker.cache.apt import TRANSFER_LOG, TransferLog  # noqa: E402
+from buildworker.guest.ports import pick_port  # noqa: E402
 
 VENV = Path(sys.executable).parent
 RUNS = (("uncached", 1), ("uncached", 2), ("cached", 1), ("cached", 2))
-
-
-def free_port() -> int:
-    """A free loopback port below 32768 (apt-cacher-ng binds no higher one)."""
-    for port in range(23142, 32768, 7):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise SystemExit("no free port below 32768")
 
 
 def write_config(path: Path, work: Path, images: Path, cache: str) -> None:
@@ -106,7 +94,9 @@ def main() -> int:
         + " >/dev/null\n"
     )
     apt_dir = work / "apt-cache"
-    cache_section = f"\n[cache]\napt-run = yes\napt-port = {free_port()}\napt-dir = {apt_dir}\n"
+    cache_section = (
+        f"\n[cache]\napt-run = yes\napt-port = {pick_port(below=32768)}\napt-dir = {apt_dir}\n"
+    )
     times: dict[tuple[str, int], float] = {}
     try:
         for kind, n in RUNS:
