@@ -52,6 +52,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,14 @@ def guest_clone_command(mirror_url: str, url: str, directory: str, git_env: str 
         f"{{ echo 'The host git mirror failed; cloning directly'; rm -rf {q(directory)}; "
         f"{env}git clone {q(url)} {q(directory)}; }}"
     )
+
+
+def _scheme_host(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or ''}"
+    except ValueError:
+        return "(unparsable)"
 
 
 def _du(path: Path) -> int:
@@ -277,7 +286,7 @@ class GitMirrors:
         return addresses[0], ""
 
     def _git(
-        self, args: Sequence[str], cwd: Path | None = None
+        self, args: Sequence[str], timeout: float, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -307,7 +316,7 @@ class GitMirrors:
             start_new_session=True,
         ) as process:
             try:
-                output, _ = process.communicate(timeout=self.fetch_timeout)
+                output, _ = process.communicate(timeout=max(1.0, min(timeout, self.fetch_timeout)))
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.communicate()
@@ -324,19 +333,26 @@ class GitMirrors:
         literal = f"[{address}]" if ":" in address else address
         return parts._replace(netloc=f"{literal}:{port}").geturl(), []
 
-    def prepare(self, url: str) -> Prepared:
-        """Update (or create) the mirror of `url`; the result says how guests clone it.
-        Never raises for the source's sake: a failure is result ``error`` (go direct)."""
-        prepared = self._prepare(url)
-        log = _log.info if prepared.result in ("hit", "miss") else _log.warning
-        if prepared.result == "bypass":
-            log = _log.info
-        log("git_cache.prepared", url=url, result=prepared.result, reason=prepared.reason)
+    def prepare(self, url: str, timeout: float | None = None) -> Prepared:
+        """Update (or create) the mirror of `url`, within `timeout` (and the configured
+        fetch timeout); the result says how guests clone it. Never raises for the source's
+        sake: a failure is result ``error`` (go direct)."""
+        started = time.monotonic()
+        prepared = self._prepare(url, self.fetch_timeout if timeout is None else timeout)
+        log = _log.warning if prepared.result == "error" else _log.info
+        log(
+            "git_cache.prepared",
+            # a bypassed URL may carry credentials: only its scheme and host are logged
+            source=url if prepared.result != "bypass" else _scheme_host(url),
+            result=prepared.result,
+            reason=prepared.reason,
+            seconds=round(time.monotonic() - started, 2),
+        )
         if self.on_prepared is not None:
             self.on_prepared(prepared)
         return prepared
 
-    def _prepare(self, url: str) -> Prepared:
+    def _prepare(self, url: str, timeout: float) -> Prepared:
         key = mirror_key(url)
         if key is None:
             return Prepared("bypass", reason="not a public https:// or git:// URL")
@@ -351,6 +367,7 @@ class GitMirrors:
                     before = _du(mirror / "objects")
                     done = self._git(
                         [*options, "fetch", "--prune", "--quiet", fetch_url, "+refs/*:refs/*"],
+                        timeout,
                         cwd=mirror,
                     )
                     result = "hit"
@@ -361,7 +378,7 @@ class GitMirrors:
                     shutil.rmtree(tmp, ignore_errors=True)
                     tmp.parent.mkdir(parents=True, exist_ok=True)
                     done = self._git(
-                        [*options, "clone", "--mirror", "--quiet", fetch_url, str(tmp)]
+                        [*options, "clone", "--mirror", "--quiet", fetch_url, str(tmp)], timeout
                     )
                     if done.returncode == 0:
                         mirror.parent.mkdir(parents=True, exist_ok=True)

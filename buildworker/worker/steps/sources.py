@@ -76,7 +76,7 @@ def run(ctx: BuildContext) -> None:
     for source in sources:
         mirror_url = ""
         if mirrors is not None and source.scm == "git":
-            mirror_url = mirrors.prepare(source.url).guest_url
+            mirror_url = mirrors.prepare(source.url, timeout=ctx.remaining()).guest_url
         for command, failure in clone_commands(source, mirror_url):
             status = ctx.run(f"exec 2>&1; cd {shlex.quote(ctx.home)} && {command}")
             if status != 0:
