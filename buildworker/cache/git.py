@@ -141,14 +141,18 @@ def needs_credentials(secret_paths: Sequence[str | None]) -> bool:
 
 def guest_clone_command(mirror_url: str, url: str, directory: str, git_env: str = "") -> str:
     """The guest's clone: from the mirror, ``origin`` set back to `url`; on any failure
-    the partial clone is removed and `url` cloned direct (the cache never fails a job)."""
+    the partial clone is removed and `url` cloned direct (the cache never fails a job).
+    A `directory` that exists already is left alone: the direct clone fails on it, as
+    without the cache."""
     q = shlex.quote
     env = f"{git_env} " if git_env else ""
+    direct = f"{env}git clone {q(url)} {q(directory)}"
     return (
+        f"if [ -e {q(directory)} ]; then {direct}; else "
         f"{{ git clone {q(mirror_url)} {q(directory)} && "
         f"git -C {q(directory)} remote set-url origin {q(url)}; }} || "
         f"{{ echo 'The host git mirror failed; cloning directly'; rm -rf {q(directory)}; "
-        f"{env}git clone {q(url)} {q(directory)}; }}"
+        f"{direct}; }}; fi"
     )
 
 

@@ -299,7 +299,13 @@ def test_guest_clone_falls_back_to_a_direct_clone(
     result = run(f"git://127.0.0.1:{pick_port()}/nothing.git", "direct")
     assert result.returncode == 0 and "cloning directly" in result.stdout, result
     assert git("rev-parse", "HEAD", cwd=tmp_path / "direct").stdout.strip() == head
-    assert "origin" in guest_clone_command("git://m/x", url, "d")
+    # A directory that exists already is not removed: the clone fails as without a cache
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep").touch()
+    result = run(host_url(mirrors.prepare(url)), "taken")
+    assert result.returncode != 0 and (tmp_path / "taken" / "keep").exists(), result
+    assert "already exists" in result.stderr
+    assert "remote set-url origin" in guest_clone_command("git://m/x", url, "d")
 
 
 def test_the_git_series_exist_from_the_start() -> None:
