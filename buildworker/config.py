@@ -529,6 +529,36 @@ class CacheConfig:
         metadata=opt("list", "hosts whose http:// sources guests fetch through the cache"),
     )
 
+    git: bool = field(
+        default=False,
+        metadata=opt("bool", "keep host-side git mirrors of guests' public sources"),
+    )
+    git_port: int = field(
+        default=9419, metadata=opt("int", "port (127.0.0.1) guests clone the mirrors from")
+    )
+    git_dir: Path = field(
+        default=_STATE / "git-cache",
+        metadata=opt("path", "the mirrors' directory (mirrors/, tmp/, locks/)"),
+    )
+    git_max_size: int = field(
+        default=10 * 1024**3,
+        metadata=opt("size", "least recently used mirrors are removed past this size"),
+    )
+    git_fetch_timeout: float = field(
+        default=600.0,
+        metadata=opt("duration", "a mirror's clone or update past this goes direct"),
+    )
+    git_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("list", "only these hosts' sources are mirrored (empty: any public host)"),
+    )
+    git_private_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            "list", "HOST or HOST:PORT mirrored although it resolves to a non-public address"
+        ),
+    )
+
     @property
     def apt_url(self) -> str:
         """The cache as the host reaches it ('' when off)."""
@@ -563,6 +593,20 @@ def check_cache(cache: CacheConfig) -> None:
     for host in cache.apt_hosts:
         if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
             raise ConfigError(f"cache.apt-hosts: expected host names, got {host!r}")
+    if not 0 < cache.git_port < 65536:
+        raise ConfigError(f"cache.git-port: expected a port from 1 to 65535, got {cache.git_port}")
+    if cache.git and cache.apt_url and cache.apt_url.endswith(f":{cache.git_port}"):
+        raise ConfigError(
+            f"cache.git-port: {cache.git_port} is the package cache's port; pick another"
+        )
+    if cache.git_fetch_timeout <= 0:
+        raise ConfigError("cache.git-fetch-timeout: expected a positive duration")
+    for host in cache.git_hosts:
+        if not re.fullmatch(r"[a-z0-9.-]+", host):
+            raise ConfigError(f"cache.git-hosts: expected lower-case host names, got {host!r}")
+    for entry in cache.git_private_hosts:
+        if not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?", entry):
+            raise ConfigError(f"cache.git-private-hosts: expected HOST or HOST:PORT, got {entry!r}")
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Imported here so `buildworker --help` works on a host without libvirt.
     from buildworker.cache.apt import CacheError, start_apt_cache
+    from buildworker.cache.git import GitCacheError, start_git_cache
     from buildworker.guest.hypervisor import Hypervisor
     from buildworker.guest.images import ImageCatalogue
 
@@ -132,16 +133,27 @@ def run(args: argparse.Namespace) -> int:
     except CacheError as exc:
         print(f"buildworker run: {exc}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    try:
+        # [cache] git: the worker's mirror server when it runs on this host, else our own
+        git_cache = start_git_cache(config.cache, share_running=True)
+    except GitCacheError as exc:
+        apt_cache.close()
+        print(f"buildworker run: {exc}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
     catalogue = ImageCatalogue(
         args.images or config.worker.images,
         apt_proxy=apt_cache.guest_url,
         apt_hosts=apt_cache.hosts,
+        git_cache=git_cache.mirrors,
     )
-    vm = dataclasses.replace(config.vm, forwards=config.vm.forwards + apt_cache.forwards)
+    vm = dataclasses.replace(
+        config.vm, forwards=config.vm.forwards + apt_cache.forwards + git_cache.forwards
+    )
     try:
         vms = Hypervisor(vm, worker_name=f"{config.worker.name}-run")
     except BaseException:
         apt_cache.close()
+        git_cache.close()
         raise
     settings = RunnerSettings(
         settle_timeout_s=config.vm.settle_timeout,
@@ -183,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             vms.wait_snapshots(config.vm.settle_timeout + 120)
         vms.close()  # withdraws the forwards and allowed networks of this run
         apt_cache.close()
+        git_cache.close()
     summary = ", ".join(f"{name}: {status}" for name, status in result.task_statuses.items())
     print(
         f"buildworker run: {result.status}"

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     notifier.status("starting: connecting to libvirt")
     # Imported here so `buildworker --help` works on a host without libvirt.
     from buildworker.cache.apt import CacheError, start_apt_cache
+    from buildworker.cache.git import GitCacheError, start_git_cache
     from buildworker.guest.hypervisor import Hypervisor
     from buildworker.guest.images import ImageCatalogue
     from buildworker.guest.pool import vm_host_for
@@ -73,15 +74,31 @@ def run(args: argparse.Namespace) -> int:
     except CacheError as exc:
         print(f"buildworker worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        git_cache = start_git_cache(
+            config.cache,
+            on_prepared=lambda p: metrics.cache_request("git", p.result, p.fetched_bytes),
+            on_served=lambda n: metrics.cache_served("git", n),
+        )
+    except GitCacheError as exc:
+        apt_cache.close()
+        print(f"buildworker worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     catalogue = ImageCatalogue(
-        config.worker.images, apt_proxy=apt_cache.guest_url, apt_hosts=apt_cache.hosts
+        config.worker.images,
+        apt_proxy=apt_cache.guest_url,
+        apt_hosts=apt_cache.hosts,
+        git_cache=git_cache.mirrors,
     )
-    # The cache's port is one of this worker's forwards (the egress policy opens just it).
-    vm = dataclasses.replace(config.vm, forwards=config.vm.forwards + apt_cache.forwards)
+    # The caches' ports are forwards of this worker (the egress policy opens just them).
+    vm = dataclasses.replace(
+        config.vm, forwards=config.vm.forwards + apt_cache.forwards + git_cache.forwards
+    )
     try:
         vms = Hypervisor(vm, worker_name=config.worker.name)
     except BaseException:
         apt_cache.close()
+        git_cache.close()
         raise
     reaped = vms.reap_leftovers()
     try:
@@ -96,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError:  # a bad [vm] pool-sizes: said by the CLI, naming the entry
         vms.close()
         apt_cache.close()
+        git_cache.close()
         raise
     if pool is None and config.vm.warm_start:
         # Without a pool nothing restores ahead of the first job: check (and make) the
@@ -145,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             pool.close()  # its waiting guests go; running builds have already ended
         vms.close()  # withdraws this worker's forwards and allowed networks
         apt_cache.close()
+        git_cache.close()
         notifier.close()
 
 

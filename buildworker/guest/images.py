@@ -97,6 +97,9 @@ class ImageInfo:
     #: one) and the hosts sent through it: ``[cache]``, buildworker.cache.apt
     apt_proxy: str = ""
     apt_hosts: tuple[str, ...] = ()
+    #: the host's git mirrors (buildworker.cache.git.GitMirrors) the sources step clones
+    #: public sources through; None without ``[cache] git``
+    git_cache: Any = field(default=None, compare=False, repr=False)
 
     def _cache_prefix(self) -> str:
         if not self.apt_proxy or self.family not in {"debian", "ubuntu"}:
@@ -222,12 +225,20 @@ def _load_config(path: Path) -> dict[str, Any]:
 class ImageCatalogue:
     """Reads the images directory on each call (cheap), so a rebuilt image is seen at once."""
 
-    def __init__(self, root: Path, apt_proxy: str = "", apt_hosts: Sequence[str] = ()):
+    def __init__(
+        self,
+        root: Path,
+        apt_proxy: str = "",
+        apt_hosts: Sequence[str] = (),
+        git_cache: Any = None,
+    ):
         """`apt_proxy`: the package cache as guests reach it, given to every image resolved
-        (with `apt_hosts`, the hosts sent through it); '' without one."""
+        (with `apt_hosts`, the hosts sent through it); '' without one. `git_cache`: the
+        host's git mirrors (buildworker.cache.git.GitMirrors), None without them."""
         self.root = Path(root)
         self.apt_proxy = apt_proxy
         self.apt_hosts = tuple(apt_hosts)
+        self.git_cache = git_cache
 
     # --- discovery ---------------------------------------------------------------------
 
@@ -369,4 +380,5 @@ class ImageCatalogue:
             extra={k: config[k] for k in unknown},
             apt_proxy=self.apt_proxy,
             apt_hosts=self.apt_hosts,
+            git_cache=self.git_cache,
         )

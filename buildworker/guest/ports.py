@@ -8,17 +8,29 @@ new port if it lost that race (QEMU then fails to start with a host-forwarding e
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Collection
 
 __all__ = ["is_hostfwd_conflict", "pick_port"]
 
 
-def pick_port(exclude: Collection[int] = (), host: str = "127.0.0.1", tries: int = 50) -> int:
-    """A port free on ``host`` right now and not in ``exclude``. Raises OSError if none."""
-    for _ in range(tries):
+def pick_port(
+    exclude: Collection[int] = (),
+    host: str = "127.0.0.1",
+    tries: int = 50,
+    *,
+    below: int | None = None,
+) -> int:
+    """A port free on ``host`` right now and not in ``exclude``; with ``below``, one
+    from 20000 up to it, at random (apt-cacher-ng binds nothing above 32767, where the
+    kernel's own picks are). Raises OSError if none."""
+    for _ in range(tries if below is None else max(tries, 200)):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, 0 if below is None else random.randrange(20000, below)))
+            except OSError:
+                continue
             port = int(sock.getsockname()[1])
         if port not in exclude:
             return port

@@ -47,7 +47,9 @@ _TASK_BUCKETS = (1, 10, 30, 60, 300, 600, 1800, 3600)
 #: The bounded values of ``buildworker_infra_failures_total{reason}``.
 INFRA_REASONS = ("boot", "settle", "ssh", "api", "broker", "artifacts", "other")
 #: The bounded values of ``buildworker_cache_*{cache}``: the host caches (buildworker.cache).
-CACHES = ("apt",)
+CACHES = ("apt", "git")
+#: The bounded ``result`` values of ``buildworker_cache_requests_total``, per cache.
+CACHE_RESULTS = {"apt": ("hit", "miss"), "git": ("hit", "miss", "bypass", "error")}
 #: The bounded values of ``buildworker_api_request_errors_total{endpoint}``.
 API_ENDPOINTS = (
     "claim",
@@ -184,19 +186,22 @@ class WorkerMetrics:
         )
         self.cache_requests = Counter(
             "buildworker_cache_requests",
-            "Files host caches served to guests, by cache and hit or miss",
+            "Requests to host caches, by cache and result: apt, files served (hit|miss); "
+            "git, sources cloned (hit: mirror updated, miss: created, bypass: not eligible, "
+            "error: fetch failed; both went direct)",
             ["cache", "result"],
             registry=r,
         )
         self.cache_served_bytes = Counter(
             "buildworker_cache_served_bytes",
-            "Bytes host caches sent to guests",
+            "Bytes host caches sent to guests (git: the git protocol stream of clones)",
             ["cache"],
             registry=r,
         )
         self.cache_fetched_bytes = Counter(
             "buildworker_cache_fetched_bytes",
-            "Bytes host caches fetched upstream for guests",
+            "Bytes host caches fetched upstream for guests (git: growth of the mirrors' "
+            "objects on disk)",
             ["cache"],
             registry=r,
         )
@@ -216,7 +221,7 @@ class WorkerMetrics:
         for status in ("success", "failed", "timeout", "cancelled"):
             self.finished.labels(status=status)
         for cache in CACHES:
-            for result in ("hit", "miss"):
+            for result in CACHE_RESULTS[cache]:
                 self.cache_requests.labels(cache=cache, result=result)
             self.cache_served_bytes.labels(cache=cache)
             self.cache_fetched_bytes.labels(cache=cache)
@@ -239,6 +244,14 @@ class WorkerMetrics:
         self.cache_requests.labels(cache=cache, result="hit" if hit else "miss").inc()
         self.cache_served_bytes.labels(cache=cache).inc(served)
         self.cache_fetched_bytes.labels(cache=cache).inc(fetched)
+
+    def cache_request(self, cache: str, result: str, fetched: int = 0) -> None:
+        """One request to a host cache that is not one file (the git mirrors' sources)."""
+        self.cache_requests.labels(cache=cache, result=result).inc()
+        self.cache_fetched_bytes.labels(cache=cache).inc(fetched)
+
+    def cache_served(self, cache: str, served: int) -> None:
+        self.cache_served_bytes.labels(cache=cache).inc(served)
 
     def api_error(self, endpoint: str) -> None:
         """Counts a failed internal-API call; an endpoint outside the list counts as

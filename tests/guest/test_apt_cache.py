@@ -4,7 +4,6 @@ nothing else through it, its transfer log as metrics, trimming, and the [cache] 
 from __future__ import annotations
 
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from buildworker.cache.apt import (
 )
 from buildworker.config import CacheConfig, ConfigError, parse_config
 from buildworker.guest.images import ImageInfo
+from buildworker.guest.ports import pick_port
 from buildworker.worker.metrics import WorkerMetrics
 
 RELEASE = "http://deb.debian.org/debian/dists/bookworm/Release"
@@ -35,23 +35,11 @@ DEB = "http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
 SECURITY = "http://deb.debian.org/debian-security/dists/bookworm-security/Release"
 
 
-def free_port() -> int:
-    """A free loopback port below 32768 (apt-cacher-ng binds no higher one)."""
-    for port in random.sample(range(20000, 32768), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port below 32768")
-
-
 @pytest.fixture(scope="module")
 def cacher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AptCacher, list[Transfer]]]:
     seen: list[Transfer] = []
     cache = AptCacher(
-        tmp_path_factory.mktemp("acng"), port=free_port(), on_transfer=seen.append
+        tmp_path_factory.mktemp("acng"), port=pick_port(below=32768), on_transfer=seen.append
     ).start()
     try:
         yield cache, seen
@@ -240,7 +228,7 @@ def test_our_apt_cacher_ng_dies_with_a_worker_killed_outright(tmp_path: Path) ->
     # Given a process that started our cache, killed with SIGKILL (no close())
     script = (
         "import sys, time; from pathlib import Path; from buildworker.cache.apt import AptCacher; "
-        f"c = AptCacher(Path({str(tmp_path)!r}), port={free_port()}).start(); "
+        f"c = AptCacher(Path({str(tmp_path)!r}), port={pick_port(below=32768)}).start(); "
         "print('PID', c._process.pid, flush=True); time.sleep(600)"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -21,10 +21,11 @@ from buildworker.cache.apt import APT_CONF_PATH, AptCacher, Transfer, start_apt_
 from buildworker.config import CacheConfig
 from buildworker.guest.hypervisor import Hypervisor
 from buildworker.guest.images import ImageInfo
+from buildworker.guest.ports import pick_port
 from buildworker.guest.ssh import GuestConnection
 
 from .conftest import make_vm_config, unique_worker
-from .test_apt_cache import DEB, free_port
+from .test_apt_cache import DEB
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -45,7 +46,7 @@ class _Hello(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def host_service() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Hello)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", pick_port(below=32768)), _Hello)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -59,7 +60,7 @@ def host_service() -> Iterator[int]:
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AptCacher, list[Transfer]]]:
     seen: list[Transfer] = []
     cacher = AptCacher(
-        tmp_path_factory.mktemp("acngvm"), port=free_port(), on_transfer=seen.append
+        tmp_path_factory.mktemp("acngvm"), port=pick_port(below=32768), on_transfer=seen.append
     ).start()
     try:
         yield cacher, seen
@@ -74,7 +75,9 @@ def cached_guest(
     cacher, _ = cache
     # The forwards the worker makes of [cache] apt-proxy (the same port as apt-run)
     forwards = start_apt_cache(CacheConfig(apt_proxy=cacher.url)).forwards
-    hv = Hypervisor(make_vm_config(vm_work_dir, forwards=forwards), worker_name=unique_worker("apt"))
+    hv = Hypervisor(
+        make_vm_config(vm_work_dir, forwards=forwards), worker_name=unique_worker("apt")
+    )
     try:
         booted = hv.boot(bookworm, job_id=1, attempt=1)
         try:
@@ -109,7 +112,9 @@ def test_through_the_forward_only_the_cache_answers_and_other_host_ports_stay_dr
     assert (status, output.strip()) == (0, "200"), output
     # It refuses to fetch the host's other port (by loopback or the gateway) or to tunnel
     for url in (f"http://127.0.0.1:{host_service}/", f"http://10.0.2.2:{host_service}/"):
-        status, output = guest_run(hv, conn, f"curl -sS -m 20 -w ' %{{http_code}}' -x {proxy} {url}")
+        status, output = guest_run(
+            hv, conn, f"curl -sS -m 20 -w ' %{{http_code}}' -x {proxy} {url}"
+        )
         assert ANSWER not in output and output.strip().endswith("403"), output
     status, output = guest_run(
         hv, conn, f"curl -sS -m 20 -p -x {proxy} http://127.0.0.1:{host_service}/"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+from buildworker.cache.git import GitMirrors, guest_clone_command, needs_credentials
 from buildworker.manifest import Source
 from buildworker.worker.context import BuildContext
 from buildworker.worker.errors import BuildFailed
@@ -17,8 +18,10 @@ PRIVATE_REPO_HINT = (
 )
 
 
-def clone_commands(source: Source) -> list[tuple[str, str]]:
+def clone_commands(source: Source, mirror_url: str = "") -> list[tuple[str, str]]:
     """(command, what failed) pairs for one source, run in order in the home directory.
+    `mirror_url`: the host's git mirror of the source (buildworker.cache.git): the clone
+    comes from it, ``origin`` set back to the source's URL, direct if that fails.
 
     Raises:
         BuildFailed: the scm is unknown.
@@ -26,7 +29,10 @@ def clone_commands(source: Source) -> list[tuple[str, str]]:
     url, directory = shlex.quote(source.url), shlex.quote(source.directory)
     if source.scm == "git":
         env = f"GIT_SSH_COMMAND={shlex.quote(SSH_OPTS)}"
-        commands = [(f"{env} git clone {url} {directory}", PRIVATE_REPO_HINT)]
+        clone = f"{env} git clone {url} {directory}"
+        if mirror_url:
+            clone = guest_clone_command(mirror_url, source.url, source.directory, env)
+        commands = [(clone, PRIVATE_REPO_HINT)]
         if source.ref:
             commands.append(
                 (
@@ -64,8 +70,14 @@ def run(ctx: BuildContext) -> None:
     if not sources:
         return
     ctx.say("Cloning repositories")
+    mirrors: GitMirrors | None = getattr(ctx.image, "git_cache", None)
+    if mirrors is not None and needs_credentials([s.path for s in ctx.spec.secrets]):
+        mirrors = None  # a git credentials secret: its sources may need it, all go direct
     for source in sources:
-        for command, failure in clone_commands(source):
+        mirror_url = ""
+        if mirrors is not None and source.scm == "git":
+            mirror_url = mirrors.prepare(source.url, timeout=ctx.remaining()).guest_url
+        for command, failure in clone_commands(source, mirror_url):
             status = ctx.run(f"exec 2>&1; cd {shlex.quote(ctx.home)} && {command}")
             if status != 0:
                 ctx.say(failure)
