@@ -21,12 +21,15 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from buildworker.guest.errors import ImageConfigError, UnknownImage, UnsupportedOperation
 from buildworker.guest.imagedigest import DIGEST_PATTERN
+
+if TYPE_CHECKING:
+    from buildworker.cache.git import GitMirrors
 
 __all__ = [
     "DISK_NAME",
@@ -99,7 +102,7 @@ class ImageInfo:
     apt_hosts: tuple[str, ...] = ()
     #: the host's git mirrors (buildworker.cache.git.GitMirrors) the sources step clones
     #: public sources through; None without ``[cache] git``
-    git_cache: Any = field(default=None, compare=False, repr=False)
+    git_cache: GitMirrors | None = field(default=None, compare=False, repr=False)
 
     def _cache_prefix(self) -> str:
         if not self.apt_proxy or self.family not in {"debian", "ubuntu"}:
@@ -230,7 +233,7 @@ class ImageCatalogue:
         root: Path,
         apt_proxy: str = "",
         apt_hosts: Sequence[str] = (),
-        git_cache: Any = None,
+        git_cache: GitMirrors | None = None,
     ):
         """`apt_proxy`: the package cache as guests reach it, given to every image resolved
         (with `apt_hosts`, the hosts sent through it); '' without one. `git_cache`: the

@@ -10,7 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from buildworker.cache.git import GitMirrors
 
 __all__ = ["BootedGuest", "Catalogue", "GuestSession", "Image", "VmHost"]
 
@@ -51,6 +54,8 @@ class Image(Protocol):
     def directory(self) -> Path: ...
     @property
     def digest(self) -> str | None: ...
+    @property
+    def git_cache(self) -> GitMirrors | None: ...
 
     def install_command(self, packages: Sequence[str]) -> str: ...
 

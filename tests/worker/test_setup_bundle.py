@@ -419,6 +419,7 @@ class LocalImage:
     preamble: str | None = None
     directory: Path = Path("/nonexistent")
     digest: str | None = None
+    git_cache: None = None
 
     def install_command(self, packages: Any) -> str:
         return ""

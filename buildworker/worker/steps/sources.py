@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from buildworker.cache.git import GitMirrors, guest_clone_command, needs_credentials
+from buildworker.cache.git import guest_clone_command, needs_credentials
 from buildworker.manifest import Source
 from buildworker.worker.context import BuildContext
 from buildworker.worker.errors import BuildFailed
@@ -70,7 +70,7 @@ def run(ctx: BuildContext) -> None:
     if not sources:
         return
     ctx.say("Cloning repositories")
-    mirrors: GitMirrors | None = getattr(ctx.image, "git_cache", None)
+    mirrors = ctx.image.git_cache
     if mirrors is not None and needs_credentials([s.path for s in ctx.spec.secrets]):
         mirrors = None  # a git credentials secret: its sources may need it, all go direct
     for source in sources:
