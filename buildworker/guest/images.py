@@ -58,6 +58,7 @@ KEY_TYPES: dict[str, str] = {
     "host_key_fingerprints": "map",
     "cmdline": "str",
     "kernel_version": "str",
+    "kernel_versions": "map",
     "console_ready": "str",
     "digest": "map",
 }
