@@ -3,7 +3,7 @@ builds.sr.ht's other spelling `arch: aarch64`, boots debian/bookworm's arm64 ima
 qemu-system-aarch64 (TCG: always emulated on this x86 host) and the guest says it is an
 aarch64 bookworm, with its SSH host key checked against config.yml's `arm64` fingerprint.
 
-The image is built by `images/debian/genimg bookworm arm64` (~25 min here: the tree boots
+The image is built by `images/debian/genimg bookworm arm64` (up to an hour here: the tree boots
 once in emulation, docs/images.md); without it the test is skipped with that command,
 except in CI (CI=true), which builds it first (scripts/setup), so there it fails.
 """
