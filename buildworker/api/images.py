@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from buildworker.api.errors import ApiError
+from buildworker.arches import match_arch
 from buildworker.config import image_alias_table
 from buildworker.db.models import Worker
 
@@ -148,11 +149,13 @@ def check_image(
     if entry is None:
         meant = f" (an alias of {release!r})" if release != image else ""
         raise ApiError.field("image", f"unknown image {image!r}{meant}; {_listing(found)}")
-    chosen = arch or entry.default_arch
-    if chosen not in entry.arches:
+    asked = arch or entry.default_arch
+    # In the image's spelling: an `aarch64` job queues with the `arm64` ones (arches.py).
+    chosen = match_arch(asked, entry.arches)
+    if chosen is None:
         raise ApiError.field(
             "arch",
-            f"image {image!r} is not available for arch {chosen!r} "
+            f"image {image!r} is not available for arch {asked!r} "
             f"(arches: {', '.join(entry.arches)})",
         )
     return Placement(release=release, arch=chosen)

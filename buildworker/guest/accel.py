@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["AccelChoice", "HostFacts", "choose_accel", "probe_host"]
+__all__ = ["AccelChoice", "HostFacts", "accel_for_guest", "choose_accel", "probe_host"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,12 @@ def choose_accel(setting: str, facts: HostFacts) -> AccelChoice:
     if not facts.dev_kvm_usable:
         missing.append("/dev/kvm not usable")
     return AccelChoice("tcg", "software emulation: " + ", ".join(missing))
+
+
+def accel_for_guest(host: AccelChoice, guest_arch: str, host_arch: str) -> AccelChoice:
+    """The accelerator of one guest: ``host`` (the worker's choice) when the guest's arch is
+    the host's (libvirt spellings: x86_64, aarch64), else TCG: KVM runs only its own arch,
+    so an aarch64 guest on an x86_64 host is emulated whatever ``[vm] accel`` says."""
+    if guest_arch == host_arch:
+        return host
+    return AccelChoice("tcg", f"software emulation: an {guest_arch} guest on an {host_arch} host")

@@ -10,6 +10,11 @@ Choices, each measured on this machine (MACHINE-NOTES.md):
 - A static DAC label: qemu runs as the libvirt-qemu user (the isolation rule matches that
   uid) and libvirt does not chown the shared base image.
 - on_poweroff/reboot/crash → destroy: a guest that stops is gone, never restarted.
+- aarch64 guests (arm64 images; always TCG on an x86 host): the ``virt`` machine with
+  qemu-system-aarch64 and ``-cpu cortex-a57`` (no pointer authentication, which ``max``
+  emulates at great cost), direct kernel boot with the device tree (no firmware, so no
+  ACPI and no vmgenid), console on the PL011 (ttyAMA0), virtio devices on PCIe; the NIC
+  sits on the root complex (pcie.0) at the same free slot.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "AARCH64_CPU",
     "DEFAULT_CMDLINE",
     "GUEST_SSH_PORT",
     "QEMU_NS",
     "DomainSpec",
+    "default_cmdline",
     "domain_name",
     "parse_hostfwd_port",
     "render_domain_xml",
@@ -38,6 +45,20 @@ DEFAULT_CMDLINE = (
     "systemd.show_status=0 cryptomgr.notests"
 )
 _NAME_PART = re.compile(r"[^A-Za-z0-9_.]+")
+#: The CPU model of an aarch64 guest under TCG (measured against max: docs/images.md).
+AARCH64_CPU = "cortex-a57"
+#: The emulator of each non-x86 guest arch (x86_64: libvirt's default).
+_EMULATORS = {"aarch64": "/usr/bin/qemu-system-aarch64"}
+#: The serial console's device in the guest, per arch.
+_CONSOLES = {"aarch64": "ttyAMA0"}
+
+
+def default_cmdline(arch: str) -> str:
+    """DEFAULT_CMDLINE with the arch's console (``arch`` as libvirt names it)."""
+    console = _CONSOLES.get(arch)
+    if console is None:
+        return DEFAULT_CMDLINE
+    return DEFAULT_CMDLINE.replace("console=ttyS0", f"console={console}")
 
 
 def domain_name(worker: str, job_id: int, attempt: int) -> str:
@@ -90,32 +111,41 @@ def render_domain_xml(spec: DomainSpec) -> str:
     ET.register_namespace("qemu", QEMU_NS)
     domain = ET.Element("domain", {"type": "kvm" if spec.accel == "kvm" else "qemu"})
     _sub(domain, "name", spec.name)
-    _sub(domain, "genid", spec.genid)
+    if spec.arch != "aarch64":  # vmgenid is an ACPI device: x86 only
+        _sub(domain, "genid", spec.genid)
     if spec.description:
         _sub(domain, "description", spec.description)
     _sub(domain, "memory", str(spec.memory_bytes // 1024), unit="KiB")
     _sub(domain, "vcpu", str(spec.vcpus))
+    arm = spec.arch == "aarch64"
     os_el = _sub(domain, "os")
-    _sub(os_el, "type", "hvm", arch=spec.arch, machine="pc")
+    _sub(os_el, "type", "hvm", arch=spec.arch, machine="virt" if arm else "pc")
     _sub(os_el, "kernel", str(spec.kernel))
     if spec.initrd is not None:
         _sub(os_el, "initrd", str(spec.initrd))
     _sub(os_el, "cmdline", spec.cmdline)
-    _sub(os_el, "bios", useserial="no")
-    _sub(os_el, "bootmenu", enable="no")
+    if not arm:  # the virt machine boots the kernel without firmware
+        _sub(os_el, "bios", useserial="no")
+        _sub(os_el, "bootmenu", enable="no")
     features = _sub(domain, "features")
-    _sub(features, "acpi")
+    if arm:
+        _sub(features, "gic", version="3")  # GICv2 stops at 8 vCPUs
+    else:
+        _sub(features, "acpi")  # on aarch64, ACPI comes with UEFI only
     if spec.accel == "tcg":
         tcg = _sub(features, "tcg")
         _sub(tcg, "tb-cache", str(spec.tb_cache_mib), unit="MiB")
         cpu = _sub(domain, "cpu", mode="custom", match="exact", check="none")
-        _sub(cpu, "model", "qemu64", fallback="forbid")
+        _sub(cpu, "model", AARCH64_CPU if arm else "qemu64", fallback="forbid")
     else:
         _sub(domain, "cpu", mode="host-passthrough", check="none")
     _sub(domain, "clock", offset="utc")
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         _sub(domain, event, "destroy")
     devices = _sub(domain, "devices")
+    emulator = _EMULATORS.get(spec.arch)
+    if emulator:
+        _sub(devices, "emulator", emulator)
     disk = _sub(devices, "disk", type="file", device="disk")
     _sub(disk, "driver", name="qemu", type="qcow2", cache="unsafe", discard="unmap")
     _sub(disk, "source", file=str(spec.overlay))

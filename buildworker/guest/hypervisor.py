@@ -27,12 +27,14 @@ import libvirt
 import paramiko
 import structlog
 
+from buildworker.arches import host_arch, libvirt_arch
 from buildworker.config import VmConfig
-from buildworker.guest.accel import AccelChoice, choose_accel, probe_host
+from buildworker.guest.accel import AccelChoice, accel_for_guest, choose_accel, probe_host
 from buildworker.guest.copyprep import TEMPLATE_PREP_TIMEOUT_S, template_prep_command
 from buildworker.guest.domain import (
     DEFAULT_CMDLINE,
     DomainSpec,
+    default_cmdline,
     domain_name,
     domain_prefix,
     parse_hostfwd_port,
@@ -166,6 +168,20 @@ class Hypervisor:
             allow_networks=[str(n) for n in self._networks],
         )
 
+    def accel_for(self, image: ImageInfo) -> AccelChoice:
+        """The worker's accelerator, or TCG for a guest of another arch (arm64 on x86)."""
+        return accel_for_guest(self.accel, libvirt_arch(image.arch), host_arch())
+
+    @staticmethod
+    def snapshots_unsupported(image: ImageInfo) -> str | None:
+        """Why this image's guests are never saved and restored (None: they are): the
+        aarch64 ``virt`` machine has no vmgenid (an ACPI device), so restored copies would
+        share the template's RNG state. Its guests boot cold; its pool stays empty."""
+        arch = libvirt_arch(image.arch)
+        if arch != "x86_64":
+            return f"no snapshots of {arch} guests (the virt machine has no vmgenid)"
+        return None
+
     def ssh_key(self) -> paramiko.PKey:
         if self._key is None:
             self._key = load_private_key(self.config.ssh_key)
@@ -241,6 +257,11 @@ class Hypervisor:
             guest = self._start(name, image, job_id, attempt)
             guest.start_note = "cold boot ([vm] warm-start = no)"
             return guest
+        unsupported = self.snapshots_unsupported(image)
+        if unsupported:
+            guest = self._start(name, image, job_id, attempt)
+            guest.start_note = f"cold boot: {unsupported}"
+            return guest
         snapshot, why = self.snapshot_for(image)
         if snapshot is not None:
             try:
@@ -268,6 +289,8 @@ class Hypervisor:
         Pool guests are named ``<prefix>0-<serial>``: job 0 never exists. Raises VMError."""
         if image.kernel is None:
             raise VMError(f"image {image.name} ({image.arch}) has no kernel for direct boot")
+        if self.snapshots_unsupported(image):
+            return None  # its pool stays empty: jobs boot cold
         snapshot, why = self.snapshot_for(image)
         if snapshot is None:
             if why is not None and why.unusable:
@@ -311,9 +334,11 @@ class Hypervisor:
             for _ in range(PORT_ATTEMPTS):
                 with self._start_lock:
                     port = pick_port(exclude=self._ports_in_use())
+                    arch = libvirt_arch(image.arch)
                     spec = DomainSpec(
                         name=name,
-                        accel=self.accel.accel,
+                        accel=self.accel_for(image).accel,
+                        arch=arch,
                         vcpus=self.config.vcpus,
                         memory_bytes=self.config.memory,
                         kernel=image.kernel,
@@ -323,7 +348,7 @@ class Hypervisor:
                         console_log=directory / CONSOLE_NAME,
                         qemu_uid=self.qemu_uid,
                         qemu_gid=self.qemu_gid,
-                        cmdline=image.cmdline or DEFAULT_CMDLINE,
+                        cmdline=image.cmdline or default_cmdline(arch),
                         description=f"buildworker job {job_id} attempt {attempt} ({image.name})",
                         genid=str(uuid.uuid4()),
                         incoming=template is not None,
@@ -348,7 +373,7 @@ class Hypervisor:
                 log.info(
                     "guest.booting",
                     port=port,
-                    accel=self.accel.accel,
+                    accel=spec.accel,
                     image=image.name,
                     arch=image.arch,
                     snapshot=template is not None,
@@ -394,7 +419,11 @@ class Hypervisor:
 
     def snapshot_for(self, image: ImageInfo) -> tuple[Snapshot, None] | tuple[None, Miss]:
         """(the image's intact snapshot for this shape, None), or (None, why there is none).
-        An image whose files cannot be read has no snapshot (``absent``): nothing to discard."""
+        An image whose files cannot be read, or of an arch never snapshotted, has no snapshot
+        (``absent``): nothing to discard."""
+        unsupported = self.snapshots_unsupported(image)
+        if unsupported:
+            return None, Miss("absent", unsupported)
         try:
             return self.store.get(self.shape_of(image))
         except VMError as exc:
@@ -406,6 +435,9 @@ class Hypervisor:
         snapshot, why = self.snapshot_for(image)
         if snapshot is not None:
             return snapshot, False
+        unsupported = self.snapshots_unsupported(image)
+        if unsupported:
+            raise VMError(f"image {image.name} ({image.arch}): {unsupported}")
         shape = self.shape_of(image)
         if why is not None and why.unusable:
             self._log.warning("guest.snapshot_discarded", image=image.name, reason=str(why))
@@ -420,7 +452,10 @@ class Hypervisor:
 
     def make_snapshot_soon(self, image: ImageInfo) -> bool:
         """Make the image's snapshot in a background thread (one per shape at a time);
-        False if one is already being made or the hypervisor is closing."""
+        False if one is already being made or the hypervisor is closing (or the image's
+        guests are never snapshotted)."""
+        if self.snapshots_unsupported(image):
+            return False
         try:
             shape = self.shape_of(image)
         except VMError:

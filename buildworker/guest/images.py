@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from buildworker.arches import match_arch
 from buildworker.guest.errors import ImageConfigError, UnknownImage, UnsupportedOperation
 from buildworker.guest.imagedigest import DIGEST_PATTERN
 
@@ -60,6 +61,7 @@ KEY_TYPES: dict[str, str] = {
     "host_key_fingerprints": "map",
     "cmdline": "str",
     "kernel_version": "str",
+    "kernel_versions": "map",
     "console_ready": "str",
     "digest": "map",
 }
@@ -345,11 +347,12 @@ class ImageCatalogue:
                 f"image: {image!r} does not exist here; available: {self._describe()}"
             )
         config = _load_config(directory / "config.yml")
-        chosen = arch if arch not in (None, "", "default") else self._default_arch(config, arches)
-        assert chosen is not None
-        if chosen not in arches:
+        asked = arch if arch not in (None, "", "default") else self._default_arch(config, arches)
+        assert asked is not None
+        chosen = match_arch(asked, arches)  # aarch64 finds arm64, x86_64 amd64 (arches.py)
+        if chosen is None:
             raise UnknownImage(
-                f"arch: image {image!r} is not available for arch {chosen!r} "
+                f"arch: image {image!r} is not available for arch {asked!r} "
                 f"(available: {', '.join(arches)})"
             )
         unknown = set(config) - _KNOWN_KEYS

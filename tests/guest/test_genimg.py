@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import os
 import subprocess
@@ -102,3 +103,46 @@ def test_a_release_past_its_valid_until_is_refused_naming_the_date_and_the_way_o
     assert "DEBIAN_ALLOW_STALE_MIRROR=1" in result.stderr
     assert "bootstrapping" not in result.stdout  # refused before mmdebstrap ran
     assert not (tmp_path / "out" / "debian" / "sid" / "config.yml").exists()
+
+
+def fake_built(images: Path, release: str = "bookworm") -> None:
+    """An images dir where this checkout's genimg finds debian/<release> (amd64) up to date:
+    the outputs exist and .recipe is the hash genimg computes (its recipe= line)."""
+    here = REPO / "images" / "debian"
+    text = (here / "genimg").read_text()
+    block = text[text.index("packages=(") : text.index(")\n", text.index("packages=("))]
+    packages = " ".join(block.removeprefix("packages=(").replace('"$kernel_pkg"', "").split())
+    packages = f"linux-image-cloud-amd64 {packages}"
+    recipe_input = b"".join((here / n).read_bytes() for n in ("genimg", "customize", "initrd-init"))
+    recipe_input += f"{packages}\n{release} amd64\n".encode() + Path(f"{SSH_KEY}.pub").read_bytes()
+    out = images / "debian" / release / "amd64"
+    out.mkdir(parents=True)
+    for name in ("root.img.qcow2", "vmlinuz", "initrd.img"):
+        (out / name).write_bytes(b"x")
+    (out / ".recipe").write_text(hashlib.sha256(recipe_input).hexdigest()[:16] + "\n")
+    (out.parent / "config.yml").write_text('family: debian\ndigest:\n  amd64: "sha256:00"\n')
+
+
+def test_an_up_to_date_check_asks_the_mirror_only_when_an_alias_link_it_made_is_gone(
+    tmp_path: Path,
+) -> None:
+    fake_built(tmp_path)
+    record = tmp_path / "debian" / ".build" / "aliases"
+    env = {**os.environ, "DEBIAN_MIRROR": "http://127.0.0.1:9"}
+    args = [str(REPO / "images" / "debian" / "genimg"), "bookworm", "--images", str(tmp_path)]
+    args += ["--authorized-key", f"{SSH_KEY}.pub"]
+
+    def run() -> None:
+        result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0 and "is up to date" in result.stdout, result.stderr
+
+    run()  # no run of link-aliases recorded yet: it runs
+    assert "debian/oldstable -> bookworm" in record.read_text()
+    assert (tmp_path / "debian" / "oldstable").resolve() == (tmp_path / "debian" / "bookworm")
+    made = record.stat().st_mtime_ns
+    run()  # every link it made is there: the mirror is not asked
+    assert record.stat().st_mtime_ns == made
+    (tmp_path / "debian" / "oldstable").unlink()
+    run()  # a link it made is gone: it runs again and puts it back
+    assert record.stat().st_mtime_ns != made
+    assert (tmp_path / "debian" / "oldstable").is_symlink()
